@@ -7,7 +7,6 @@ sampling on a box), which the tests and workflows use as ground truth.
 
 import math
 
-import numpy as np
 import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
@@ -186,7 +185,9 @@ def rejection_sample(
     u_min = _box_minimum(potential, lo, hi)
     out, have = [], 0
     while have < n:
-        prop = lo + (hi - lo) * torch.rand(min(max(4 * (n - have), 10_000), 2_000_000), 2, dtype=torch.float64, generator=generator)
+        prop = lo + (hi - lo) * torch.rand(
+            min(max(4 * (n - have), 10_000), 2_000_000), 2, dtype=torch.float64, generator=generator
+        )
         with torch.no_grad():
             u = potential.energy(prop[:, None, :])
         if (u < u_min - 1e-9).any():

@@ -1,0 +1,213 @@
+"""Figures for reports: side-by-side 2-D free-energy panels and line plots, written as PNG.
+
+Figures are built with :class:`matplotlib.figure.Figure` on a :class:`FigureCanvasAgg`, so nothing here
+touches pyplot or the global backend (safe on headless machines and inside notebooks alike). Files are
+written atomically: a reader never sees a half-written PNG.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from molscore.analysis.distributions import Range2D, _as_numpy, _check_range, histogram2d
+
+DPI = 120
+
+
+def _save_atomic(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+    """Save ``fig`` as PNG to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figures are written as PNG; give a path ending in .png, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _panel_histogram(x, y, bins: int | Sequence[int], range: Range2D) -> np.ndarray:
+    """(bx, by) probabilities of the points inside ``range``; NaN points dropped, all zero if none inside."""
+    x, y = _as_numpy(x).ravel(), _as_numpy(y).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"panel x and y lengths differ ({x.size} vs {y.size})")
+    bx, by = (bins, bins) if np.isscalar(bins) else tuple(bins)
+    ok = ~(np.isnan(x) | np.isnan(y))  # a blown-up simulation still gets drawn
+    if not ok.any():
+        return np.zeros((int(bx), int(by)))
+    counts = histogram2d(x[ok], y[ok], bins, range, overflow=True)[:-1]
+    inside = counts.sum()
+    return (counts / inside if inside > 0 else counts).reshape(int(bx), int(by))
+
+
+def _bounding_box(x, y) -> Range2D:
+    x, y = _as_numpy(x), _as_numpy(y)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        raise ValueError("the first panel has no finite points; pass range explicitly")
+    return (float(x[ok].min()), float(x[ok].max())), (float(y[ok].min()), float(y[ok].max()))
+
+
+def density_panels(
+    panels: dict[str, tuple],
+    path: str | os.PathLike,
+    bins: int | Sequence[int] = 64,
+    range: Range2D | None = None,
+    potential_contours: tuple | Callable | None = None,
+    title: str | None = None,
+    log: bool = True,
+    xlabel: str = "x",
+    ylabel: str = "y",
+    n_contours: int = 12,
+) -> Path:
+    """Side-by-side 2-D densities (e.g. reference MD | diffusion samples | simulation) on one colour scale.
+
+    Parameters
+    ----------
+    panels : dict[str, (x (n,), y (n,))]
+        Panel title -> coordinates (numpy or torch), drawn left to right in dict order.
+    path : str or Path
+        Output ``.png``; parent folders are created, the file is replaced atomically.
+    bins : int or (int, int)
+        Bins per axis.
+    range : ((x_lo, x_hi), (y_lo, y_hi)), optional
+        Plot and histogram range; default the bounding box of the first panel (the reference).
+    potential_contours : (X, Y, U) arrays or callable, optional
+        Energy contours drawn over every panel: either grids ``X, Y, U`` of shape (gx, gy) as from
+        ``np.meshgrid(..., indexing="ij")``, or ``U = f(X, Y)`` evaluated on a 100 x 100 grid over ``range``.
+    title : str, optional
+        Figure title.
+    log : bool
+        If True, show the free energy :math:`F = -\\log p` in kT, shifted so its minimum over all panels is 0
+        (empty bins blank); else the bin probabilities ``p``.
+    xlabel, ylabel : str
+        Axis labels, with units (e.g. ``"phi (rad)"``).
+    n_contours : int
+        Number of energy contour levels.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if not panels:
+        raise ValueError("panels is empty; pass e.g. {'reference': (x, y), 'samples': (x, y)}")
+    first = next(iter(panels.values()))
+    range = _check_range(_bounding_box(*first) if range is None else range)
+    (x_lo, x_hi), (y_lo, y_hi) = range
+
+    images = {name: _panel_histogram(x, y, bins, range) for name, (x, y) in panels.items()}
+    if log:
+        with np.errstate(divide="ignore"):
+            images = {k: np.where(p > 0, -np.log(p), np.nan) for k, p in images.items()}
+        finite = [im[np.isfinite(im)] for im in images.values() if np.isfinite(im).any()]
+        vmin = min(f.min() for f in finite) if finite else 0.0
+        images = {k: im - vmin for k, im in images.items()}
+        vmax = max((f.max() - vmin for f in finite), default=1.0)
+        label = "free energy (kT)"
+    else:
+        vmax = max(float(im.max()) for im in images.values()) or 1.0
+        label = "probability per bin"
+
+    contours = None
+    if potential_contours is not None:
+        if callable(potential_contours):
+            gx, gy = np.meshgrid(np.linspace(x_lo, x_hi, 100), np.linspace(y_lo, y_hi, 100), indexing="ij")
+            contours = (gx, gy, np.asarray(potential_contours(gx, gy), dtype=float))
+        else:
+            contours = tuple(np.asarray(a, dtype=float) for a in potential_contours)
+            if len(contours) != 3 or not (contours[0].shape == contours[1].shape == contours[2].shape):
+                raise ValueError(
+                    "potential_contours must be a callable U(X, Y) or arrays (X, Y, U) of one shape"
+                )
+
+    n = len(images)
+    fig = Figure(figsize=(3.6 * n + 0.8, 3.6), layout="constrained")
+    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
+    mappable = None
+    for ax, (name, im) in zip(axes, images.items(), strict=True):
+        # imshow wants (rows = y, cols = x): transpose the (bx, by) histogram, origin at the bottom
+        mappable = ax.imshow(
+            im.T,
+            origin="lower",
+            extent=(x_lo, x_hi, y_lo, y_hi),
+            aspect="auto",
+            cmap="viridis_r" if log else "viridis",
+            vmin=0.0,
+            vmax=vmax,
+            interpolation="nearest",
+        )
+        if contours is not None:
+            ax.contour(*contours, levels=n_contours, colors="0.3", linewidths=0.6)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
+    fig.colorbar(mappable, ax=list(axes), label=label, shrink=0.9)
+    if title:
+        fig.suptitle(title)
+    return _save_atomic(fig, path)
+
+
+def line_plot(
+    series: dict[str, tuple],
+    path: str | os.PathLike,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
+    """Curves on one set of axes (loss curves, autocorrelations, metric against training step).
+
+    Parameters
+    ----------
+    series : dict[str, (x (n,), y (n,))]
+        Legend label -> points (numpy, torch or lists).
+    path : str or Path
+        Output ``.png``, written atomically.
+    xlabel, ylabel : str
+        Axis labels, with units.
+    title : str, optional
+        Axes title.
+    logx, logy : bool
+        Logarithmic axes.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if not series:
+        raise ValueError("series is empty; pass e.g. {'train loss': (steps, values)}")
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (x, y) in series.items():
+        x, y = _as_numpy(x).ravel(), _as_numpy(y).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"series {name!r}: x and y lengths differ ({x.size} vs {y.size})")
+        ax.plot(x, y, label=name, lw=1.2)
+    ax.set(
+        xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear"
+    )
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return _save_atomic(fig, path)

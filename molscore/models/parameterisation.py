@@ -1,0 +1,103 @@
+"""The two parameterisations of the score, and the mixture of time experts.
+
+All work in diffusion coordinates (centred, divided by the model's scale): ``x : (B, N, d)``, per-sample
+diffusion times ``t : (B,)``. Energies are dimensionless (units of kT): log q_theta(x, t) = -E_theta(x, t).
+"""
+
+import torch
+from torch import Tensor, nn
+
+from molscore.geometry import remove_centroid
+
+
+class EnergyScore(nn.Module):
+    """Energy-based (conservative) model: s(x, t) = -grad_x E(x, t).
+
+    ``net(x, t) -> (B,)``. For centred systems the input is centred first, so the score lies in the
+    zero-centroid subspace whatever the network.
+    """
+
+    parameterisation = "energy"
+
+    def __init__(self, net: nn.Module, centred: bool):
+        super().__init__()
+        self.net, self.centred = net, centred
+
+    def energy(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(remove_centroid(x) if self.centred else x, t)
+
+    def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
+        with torch.enable_grad():
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.energy(x, t).sum(), x, create_graph=create_graph)
+        return -grad
+
+    def score_and_time_derivative(self, x: Tensor, t: Tensor, create_graph: bool = True):
+        """Score ``(B, N, d)`` and dE/dt ``(B,)`` from one backward pass (t is an input, so autograd gives it)."""
+        with torch.enable_grad():
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            t = t.detach().requires_grad_(True)
+            gx, gt = torch.autograd.grad(self.energy(x, t).sum(), (x, t), create_graph=create_graph)
+        return -gx, gt
+
+
+class DirectScore(nn.Module):
+    """Direct (not necessarily conservative) score: s(x, t) = net(x, t), ``net -> (B, N, d)``."""
+
+    parameterisation = "score"
+
+    def __init__(self, net: nn.Module, centred: bool):
+        super().__init__()
+        self.net, self.centred = net, centred
+
+    def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
+        if self.centred:
+            return remove_centroid(self.net(remove_centroid(x), t))
+        return self.net(x, t)
+
+
+class MixtureOfExperts(nn.Module):
+    """Separate models on disjoint diffusion-time intervals (Plainer et al. 2025).
+
+    Parameters
+    ----------
+    experts : models ordered from small t to large t
+    boundaries : increasing interior boundaries, e.g. (0.1, 0.6) for [0, 0.1], [0.1, 0.6], [0.6, 1]
+    """
+
+    def __init__(self, experts: list[nn.Module], boundaries):
+        super().__init__()
+        if len(experts) != len(boundaries) + 1 or list(boundaries) != sorted(boundaries):
+            raise ValueError("a mixture needs len(boundaries) + 1 experts and increasing boundaries")
+        self.experts = nn.ModuleList(experts)
+        self.boundaries = tuple(float(b) for b in boundaries)
+        self.parameterisation = experts[0].parameterisation
+
+    def expert_index(self, t: Tensor) -> Tensor:
+        return torch.bucketize(t.detach(), torch.tensor(self.boundaries, dtype=t.dtype, device=t.device))
+
+    def time_range(self, k: int) -> tuple[float, float]:
+        """The interval [lo, hi] of diffusion time expert k covers."""
+        edges = (0.0, *self.boundaries, 1.0)
+        return edges[k], edges[k + 1]
+
+    def _route(self, method: str, x: Tensor, t: Tensor, **kwargs):
+        index = self.expert_index(t)
+        out = None
+        for k, expert in enumerate(self.experts):
+            mask = index == k
+            if not mask.any():
+                continue
+            part = getattr(expert, method)(x[mask], t[mask], **kwargs)
+            if out is None:
+                out = part.new_zeros((len(x), *part.shape[1:]))
+            out = out.index_put((mask,), part)
+        return out
+
+    def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
+        return self._route("score", x, t, create_graph=create_graph)
+
+    def energy(self, x: Tensor, t: Tensor) -> Tensor:
+        if any(not hasattr(e, "energy") for e in self.experts):
+            raise TypeError("energy() needs energy-based experts; this mixture has direct-score experts")
+        return self._route("energy", x, t)

@@ -1,0 +1,60 @@
+"""Model architecture as data: a ``ModelSpec`` builds the network and is saved beside the weights."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from molscore.models.mlp import MLP
+from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
+
+NETWORKS = {"mlp": MLP}
+"""Network constructors by name; each takes (n_particles, dim, output=..., **network_options)."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a score model.
+
+    Attributes
+    ----------
+    n_particles, dim : shape of one configuration
+    centred : whether the density lives on the zero-centroid subspace
+    parameterisation : "energy" (s = -grad E) or "score" (direct)
+    network : a key of ``NETWORKS``
+    network_options : keyword arguments of the network (e.g. hidden widths)
+    mixture_boundaries : interior diffusion-time boundaries of a mixture of experts, e.g. [0.1, 0.6];
+        empty for one model on all t
+    large_t_parameterisation : parameterisation of the experts above the first boundary (only the
+        small-t expert needs to be an energy model); defaults to ``parameterisation``
+    """
+
+    n_particles: int
+    dim: int
+    centred: bool = True
+    parameterisation: Literal["energy", "score"] = "energy"
+    network: str = "mlp"
+    network_options: dict = field(default_factory=dict)
+    mixture_boundaries: list[float] = field(default_factory=list)
+    large_t_parameterisation: Literal["energy", "score"] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
+    if spec.network not in NETWORKS:
+        raise ValueError(f"network {spec.network!r} unknown; choose from {sorted(NETWORKS)}")
+    net = NETWORKS[spec.network](spec.n_particles, spec.dim, output=parameterisation, **spec.network_options)
+    wrapper = EnergyScore if parameterisation == "energy" else DirectScore
+    return wrapper(net, spec.centred)
+
+
+def build_score_model(spec: ModelSpec) -> nn.Module:
+    """Build the (untrained) score model a spec describes."""
+    if not spec.mixture_boundaries:
+        return _single(spec, spec.parameterisation)
+    upper = spec.large_t_parameterisation or spec.parameterisation
+    experts = [_single(spec, spec.parameterisation)]
+    experts += [_single(spec, upper) for _ in spec.mixture_boundaries]
+    return MixtureOfExperts(experts, spec.mixture_boundaries)

@@ -1,0 +1,277 @@
+"""``ScoreEstimator(...).fit(data) -> self``, ``fetch_model() -> DiffusionModel`` (deeptime style).
+
+Trains a score or energy model by denoising score matching, optionally with the Fokker-Planck regulariser
+and as a mixture of time experts (trained one after another from high t to low t; FP only on the
+small-t energy expert). Every step draws its batch, times and noise from a generator seeded by
+(seed, step), so a run resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from molscore.diffusion.sde import VPSDE
+from molscore.geometry import remove_centroid
+from molscore.models.diffusion_model import DiffusionModel
+from molscore.models.spec import ModelSpec, build_score_model
+from molscore.train.checkpoint import load_checkpoint, save_checkpoint
+from molscore.train.ema import EMA
+from molscore.train.losses import loss_terms
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    steps : total optimiser steps (a mixture splits them over its experts by ``expert_step_fractions``)
+    fp_weight : alpha_FP of the Fokker-Planck term (0 switches it off)
+    fp_fraction : share of each batch that also gets the FP residual (its cost scales with it)
+    fp_step : finite-difference step of the Hutchinson divergence, relative to sigma(t)
+    expert_step_fractions : relative step counts of the experts, from the LARGEST-t expert down
+    scale : data scale in nm (None: the std of the centred training data)
+    """
+
+    steps: int = 10_000
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    final_learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float | None = 100.0
+    fp_weight: float = 0.0
+    fp_fraction: float = 1.0
+    fp_step: float = 1e-2
+    expert_step_fractions: list[float] = field(default_factory=lambda: [1.0, 1.0, 4.0])
+    scale: float | None = None
+    checkpoint_every: int = 1000
+    validation_every: int = 500
+    seed: int = 0
+
+
+class ScoreEstimator:
+    """Fits a :class:`DiffusionModel` to equilibrium samples.
+
+    Parameters
+    ----------
+    spec : model architecture
+    config : optimisation settings
+    sde : diffusion process
+    device, dtype : where and in what precision to train
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: TrainConfig | None = None,
+        sde: VPSDE | None = None,
+        device="cpu",
+        dtype=torch.float32,
+    ):
+        self.spec, self.config, self.sde = spec, config or TrainConfig(), sde or VPSDE()
+        self.device, self.dtype = torch.device(device), dtype
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.score_model = build_score_model(spec).to(self.device, dtype)
+        self.ema = EMA(self.score_model, self.config.ema_decay)
+        self.step, self.history = 0, {"step": [], "loss": [], "dsm": [], "fp": [], "val_step": [], "val": []}
+        self.scale: float | None = None
+        self.kT: float | None = None
+        self.skipped_steps = 0
+        self._optimizer = None
+        n = spec.n_particles - 1 if spec.centred else spec.n_particles
+        self.n_dof = spec.dim * n
+        self._stages = self._plan_stages()
+
+    # planning ----------------------------------------------------------------------------------------
+    def _plan_stages(self) -> list[dict]:
+        """Training stages: (expert index, t range, first step, last step), large t first."""
+        cfg, model = self.config, self.score_model
+        experts = getattr(model, "experts", None)
+        if experts is None:
+            return [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=cfg.steps)]
+        fractions = list(cfg.expert_step_fractions)
+        if len(fractions) != len(experts):
+            raise ValueError(
+                f"expert_step_fractions has {len(fractions)} entries but the mixture has {len(experts)} experts"
+            )
+        counts = [round(cfg.steps * f / sum(fractions)) for f in fractions]
+        counts[-1] = cfg.steps - sum(counts[:-1])
+        stages, start = [], 0
+        for k, count in zip(reversed(range(len(experts))), counts, strict=True):
+            lo, hi = model.time_range(k)
+            stages.append(
+                dict(expert=k, t_range=(max(lo, self.sde.t_min), hi), start=start, stop=start + count)
+            )
+            start += count
+        return stages
+
+    def _stage(self, step: int) -> dict:
+        return next(s for s in self._stages if s["start"] <= step < s["stop"])
+
+    def _trained_module(self, stage: dict):
+        return self.score_model if stage["expert"] is None else self.score_model.experts[stage["expert"]]
+
+    def _new_optimizer(self, stage: dict):
+        params = self._trained_module(stage).parameters()
+        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+
+    def _learning_rate(self, step: int, stage: dict) -> float:
+        cfg = self.config
+        progress = (step - stage["start"]) / max(1, stage["stop"] - stage["start"])
+        return cfg.final_learning_rate + 0.5 * (cfg.learning_rate - cfg.final_learning_rate) * (
+            1 + math.cos(math.pi * progress)
+        )
+
+    # data --------------------------------------------------------------------------------------------
+    def _prepare(self, data: Tensor) -> Tensor:
+        data = torch.as_tensor(data)
+        shape = (self.spec.n_particles, self.spec.dim)
+        if data.ndim != 3 or tuple(data.shape[1:]) != shape:
+            raise ValueError(
+                f"training data have shape {tuple(data.shape)}; expected (frames, {shape[0]}, {shape[1]})"
+            )
+        if not torch.isfinite(data).all():
+            raise ValueError("training data contain NaN or infinite coordinates; remove those frames")
+        data = data.to(self.device, self.dtype)
+        return remove_centroid(data) if self.spec.centred else data
+
+    # training ----------------------------------------------------------------------------------------
+    def fit(
+        self,
+        data: Tensor,
+        kT: float,
+        validation_data: Tensor | None = None,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        callback=None,
+    ) -> "ScoreEstimator":
+        """Train on equilibrium samples.
+
+        Parameters
+        ----------
+        data : Tensor (M, N, d), nm; training conformations
+        kT : thermal energy of the data, kJ/mol (sets the force-field units)
+        validation_data : Tensor (M', N, d), nm; its DSM loss on a fixed (t, eps) grid is logged
+        checkpoint_dir : where ``checkpoint.pt`` is written every ``checkpoint_every`` steps; if it holds one,
+            training resumes from it
+        callback : called as ``callback(estimator)`` after every step (e.g. to stop early)
+        """
+        cfg = self.config
+        data = self._prepare(data)
+        if self.scale is None:
+            self.scale = float(cfg.scale or data.pow(2).mean().sqrt())
+        self.kT = float(kT)
+        x_data = data / self.scale
+        x_val = self._prepare(validation_data) / self.scale if validation_data is not None else None
+        ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+        if ckpt is not None and ckpt.is_file():
+            self._restore(load_checkpoint(ckpt, self.device))
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True
+        )
+        while self.step < cfg.steps:
+            self._train_step(x_data)
+            if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
+                self.history["val_step"].append(self.step)
+                self.history["val"].append(self.validation_loss(x_val))
+            if ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                save_checkpoint(self._state(), ckpt)
+            bar.update(1)
+            if self.step % 50 == 0:
+                bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}")
+            if callback is not None:
+                callback(self)
+        bar.close()
+        return self
+
+    def _train_step(self, x_data: Tensor) -> None:
+        cfg, stage = self.config, self._stage(self.step)
+        if self._optimizer is None or self._optimizer_stage != stage["start"]:
+            self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+        idx = torch.randint(len(x_data), (cfg.batch_size,), generator=gen, device=self.device)
+        lo, hi = stage["t_range"]
+        t = lo + (hi - lo) * torch.rand(cfg.batch_size, generator=gen, device=self.device, dtype=self.dtype)
+        eps = self.sde.noise(x_data[idx].shape, self.spec.centred, gen, self.dtype, self.device)
+        use_fp = cfg.fp_weight > 0 and stage["expert"] in (None, 0)
+        fp_count = max(1, round(cfg.fp_fraction * cfg.batch_size)) if use_fp else 0
+        module = self._trained_module(stage)
+        terms = loss_terms(
+            module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen
+        )
+        dsm = terms.dsm.mean()
+        fp = terms.fp.mean() if terms.fp is not None else torch.zeros((), device=self.device)
+        loss = dsm + cfg.fp_weight * fp
+        self.step += 1
+        if not torch.isfinite(loss):
+            self.skipped_steps += 1
+            if self.skipped_steps > 10:
+                raise FloatingPointError(
+                    f"training loss non-finite in {self.skipped_steps} steps (last at step {self.step}); lower "
+                    "learning_rate or fp_weight, set grad_clip, or train in float64"
+                )
+            return
+        self._optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+        for group in self._optimizer.param_groups:
+            group["lr"] = self._learning_rate(self.step - 1, stage)
+        self._optimizer.step()
+        self.ema.update(self.score_model)
+        for key, value in (("step", self.step), ("loss", loss), ("dsm", dsm), ("fp", fp)):
+            self.history[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
+    def validation_loss(self, x_val: Tensor, n_times: int = 16, max_frames: int = 2048) -> float:
+        """DSM loss of the EMA model on validation data, on a fixed grid of t and seeded noise."""
+        model = self.fetch_model().score_model
+        x0 = x_val[:max_frames]
+        gen = torch.Generator(device=self.device).manual_seed(12345)
+        total = 0.0
+        for t_value in torch.linspace(self.sde.t_min, 1.0, n_times).tolist():
+            t = torch.full((len(x0),), t_value, device=self.device, dtype=self.dtype)
+            eps = self.sde.noise(x0.shape, self.spec.centred, gen, self.dtype, self.device)
+            total += float(loss_terms(model, self.sde, x0, t, eps, self.n_dof, self.spec.centred).dsm.mean())
+        return total / n_times
+
+    # results -----------------------------------------------------------------------------------------
+    def fetch_model(self) -> DiffusionModel:
+        """The trained model with EMA weights, in physical units."""
+        if self.scale is None:
+            raise RuntimeError("fit() has not been called: there is no trained model to fetch")
+        model = build_score_model(self.spec).to(self.device, self.dtype)
+        model.load_state_dict(self.ema.shadow)
+        return DiffusionModel(self.spec, model, self.sde, self.scale, self.kT)
+
+    # checkpoints -------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "scale": self.scale,
+            "kT": self.kT,
+            "skipped_steps": self.skipped_steps,
+            "model": self.score_model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+            "optimizer_stage": getattr(self, "_optimizer_stage", None),
+            "history": self.history,
+            "spec": self.spec.to_dict(),
+            "config": asdict(self.config),
+        }
+
+    def _restore(self, state: dict) -> None:
+        if state["spec"] != self.spec.to_dict():
+            raise ValueError("the checkpoint was written for another model spec; use a fresh checkpoint_dir")
+        self.step, self.scale, self.kT = state["step"], state["scale"], state["kT"]
+        self.skipped_steps, self.history = state["skipped_steps"], state["history"]
+        self.score_model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        if state["optimizer"] is not None:
+            stage = self._stage(min(self.step, self.config.steps - 1))
+            if state["optimizer_stage"] == stage["start"]:
+                self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
+                self._optimizer.load_state_dict(state["optimizer"])
