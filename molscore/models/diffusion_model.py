@@ -40,6 +40,16 @@ class DiffusionModel(nn.Module):
         self.scale, self.kT = float(scale), float(kT)
 
     @property
+    def dtype(self) -> torch.dtype:
+        tensor = next(iter(self.state_dict().values()), None)
+        return torch.get_default_dtype() if tensor is None else tensor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(iter(self.state_dict().values()), None)
+        return torch.device("cpu") if tensor is None else tensor.device
+
+    @property
     def parameterisation(self) -> str:
         return self.score_model.parameterisation
 

@@ -33,7 +33,7 @@ class EnergyScore(nn.Module):
         return -grad
 
     def score_and_time_derivative(self, x: Tensor, t: Tensor, create_graph: bool = True):
-        """Score ``(B, N, d)`` and dE/dt ``(B,)`` from one backward pass (t is an input, so autograd gives it)."""
+        """Score ``(B, N, d)`` and dE/dt ``(B,)`` in one backward pass (t is an input to autograd)."""
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
             t = t.detach().requires_grad_(True)

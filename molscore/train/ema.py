@@ -5,7 +5,7 @@ from torch import nn
 
 
 class EMA:
-    """Keeps ``shadow = decay * shadow + (1 - decay) * weights`` with decay_n = min(decay, (1 + n) / (10 + n))."""
+    """shadow <- d shadow + (1 - d) weights, with d = min(decay, (1 + n) / (10 + n)) after n updates."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:

@@ -96,7 +96,7 @@ class ScoreEstimator:
         fractions = list(cfg.expert_step_fractions)
         if len(fractions) != len(experts):
             raise ValueError(
-                f"expert_step_fractions has {len(fractions)} entries but the mixture has {len(experts)} experts"
+                f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts"
             )
         counts = [round(cfg.steps * f / sum(fractions)) for f in fractions]
         counts[-1] = cfg.steps - sum(counts[:-1])
@@ -211,7 +211,7 @@ class ScoreEstimator:
             self.skipped_steps += 1
             if self.skipped_steps > 10:
                 raise FloatingPointError(
-                    f"training loss non-finite in {self.skipped_steps} steps (last at step {self.step}); lower "
+                    f"training loss non-finite in {self.skipped_steps} steps (last: step {self.step}); lower "
                     "learning_rate or fp_weight, set grad_clip, or train in float64"
                 )
             return

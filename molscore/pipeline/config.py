@@ -1,0 +1,99 @@
+"""The schema of a run's YAML config (strict: unknown keys and wrong types are errors naming the key)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from molscore.config import load_config
+from molscore.train.estimator import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Where training data come from.
+
+    source : "exact" (draw exact Boltzmann samples of an analytic system) or a path to a ``.npy`` array of
+        frames ``(M, N, d)`` in nm, split at random into train / validation / test by ``seed``
+    n_train, n_validation, n_test : frames per split ("exact": drawn independently; file: taken in this order)
+    """
+
+    source: str = "exact"
+    n_train: int = 100_000
+    n_validation: int = 10_000
+    n_test: int = 100_000
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture (see :class:`molscore.models.ModelSpec`; shape and centring come from the system)."""
+
+    parameterisation: Literal["energy", "score"] = "energy"
+    network: str = "mlp"
+    network_options: dict = field(default_factory=dict)
+    mixture_boundaries: list[float] = field(default_factory=list)
+    large_t_parameterisation: Literal["energy", "score"] | None = None
+
+
+@dataclass
+class SampleConfig:
+    """Diffusion sampling: ``n_samples`` from the reverse SDE or the probability-flow ODE."""
+
+    n_samples: int = 20_000
+    method: Literal["sde", "ode"] = "sde"
+    n_steps: int = 500
+    batch_size: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class SimulateConfig:
+    """Langevin (BAOAB) simulation with the learned force field F = kT s(x, t_eval) / scale.
+
+    timestep, friction : ps and 1/ps; None takes the system's defaults
+    t_eval : diffusion time of the force field (None: t_min; > 0 gives the "Two for One" force field)
+    start : "data" (replicas start from random training frames) or "first" (all from the first frame)
+    report_interval : steps between saved frames
+    """
+
+    replicas: int = 500
+    steps: int = 4000
+    timestep: float | None = None
+    friction: float | None = None
+    t_eval: float | None = None
+    start: Literal["data", "first"] = "data"
+    report_interval: int = 50
+    chunk_frames: int = 100
+    checkpoint_interval: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    """Metrics: JS and PMF error on 2-D histograms against the held-out test split.
+
+    burn_in : fraction of each simulation discarded before computing sim metrics
+    """
+
+    bins: int = 64
+    burn_in: float = 0.2
+
+
+@dataclass
+class RunConfig:
+    """One run: system, run folder, device, and the settings of each stage."""
+
+    system: str
+    run_dir: str
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def load_run_config(source) -> RunConfig:
+    """Read a run config from a YAML path or a dict (strictly checked)."""
+    return load_config(source, RunConfig)

@@ -1,0 +1,253 @@
+"""The stages of a run. Each reads the files of the stage before from the run folder, writes its outputs
+and its resolved config (with seed and package version) beside them, and can be re-run alone.
+
+run_dir/
+  data/{train,validation,test}.npy      frames (M, N, d), nm
+  model.safetensors, train/             trained model (EMA weights); checkpoint.pt, history.csv, loss.png
+  samples_<method>.npy                  diffusion samples (n, N, d), nm
+  simulation/                           Langevin trajectory chunks (+ checkpoint.pt to resume)
+  metrics.json, density.png             evaluation
+  config_<stage>.yaml                   resolved config of each stage
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from molscore.analysis.distributions import compare_2d
+from molscore.analysis.plots import density_panels, line_plot
+from molscore.config import dump_config
+from molscore.dynamics import (
+    BAOAB,
+    SeededNoise,
+    Simulation,
+    State,
+    TrajectoryReporter,
+    Underdamped,
+    load_trajectory,
+)
+from molscore.models import DiffusionModel, ModelSpec
+from molscore.pipeline.config import RunConfig
+from molscore.sampling import sample as diffusion_sample
+from molscore.system import System, load_system
+from molscore.train.estimator import ScoreEstimator
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _run_dir(cfg: RunConfig, stage: str) -> Path:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / f"config_{stage}.yaml")
+    return run_dir
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; run the '{stage}' stage first (molscore {stage} CONFIG)")
+    return path
+
+
+def observables(system: System, pos) -> np.ndarray:
+    """The 2-D coordinates the metrics are computed on, ``(n, 2)``: a planar particle's (x, y)."""
+    pos = np.asarray(pos)
+    if system.dim == 2 and system.n_particles == 1:
+        return pos[:, 0, :]
+    raise NotImplementedError(f"system {system.name!r} declares no 2-D collective variables yet")
+
+
+# data ----------------------------------------------------------------------------------------------------
+def prepare_data(cfg: RunConfig) -> Path:
+    """Write train / validation / test splits to ``run_dir/data``."""
+    run_dir, system, dc = _run_dir(cfg, "data"), load_system(cfg.system), cfg.data
+    out = run_dir / "data"
+    out.mkdir(exist_ok=True)
+    sizes = {"train": dc.n_train, "validation": dc.n_validation, "test": dc.n_test}
+    if dc.source == "exact":
+        splits = {
+            name: system.reference_samples(n, seed=dc.seed * 3 + k).numpy()
+            for k, (name, n) in enumerate(sizes.items())
+        }
+    else:
+        frames = system.check_positions(
+            np.load(_need(Path(dc.source), "data")), f"frames in {dc.source}"
+        ).numpy()
+        if sum(sizes.values()) > len(frames):
+            raise ValueError(
+                f"{dc.source} has {len(frames)} frames; the splits ask for {sum(sizes.values())}"
+            )
+        order = np.random.default_rng(dc.seed).permutation(len(frames))
+        bounds = np.cumsum([0, *sizes.values()])
+        splits = {name: frames[order[a:b]] for name, a, b in zip(sizes, bounds[:-1], bounds[1:], strict=True)}
+    for name, frames in splits.items():
+        np.save(out / f"{name}.npy", frames)
+    return out
+
+
+def _load_split(cfg: RunConfig, name: str) -> np.ndarray:
+    return np.load(_need(Path(cfg.run_dir) / "data" / f"{name}.npy", "data"))
+
+
+# train ---------------------------------------------------------------------------------------------------
+def model_spec(cfg: RunConfig, system: System) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(
+        system.n_particles,
+        system.dim,
+        system.centred,
+        m.parameterisation,
+        m.network,
+        dict(m.network_options),
+        list(m.mixture_boundaries),
+        m.large_t_parameterisation,
+    )
+
+
+def train(cfg: RunConfig, progress: bool = True) -> Path:
+    """Fit the model; resumes from ``train/checkpoint.pt`` if present. Writes ``model.safetensors``."""
+    run_dir, system = _run_dir(cfg, "train"), load_system(cfg.system)
+    data = torch.as_tensor(_load_split(cfg, "train"))
+    validation = torch.as_tensor(_load_split(cfg, "validation"))
+    est = ScoreEstimator(model_spec(cfg, system), cfg.train, device=cfg.device, dtype=DTYPES[cfg.dtype])
+    est.fit(data, system.kT, validation, checkpoint_dir=run_dir / "train", progress=progress)
+    h = est.history
+    with open(run_dir / "train" / "history.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "dsm", "fp"])
+        writer.writerows(zip(h["step"], h["loss"], h["dsm"], h["fp"], strict=True))
+    window = max(1, len(h["step"]) // 100)
+    smooth = np.convolve(h["dsm"], np.ones(window) / window, mode="valid")
+    line_plot(
+        {
+            "train DSM (running mean)": (h["step"][window - 1 :], smooth),
+            "validation DSM": (h["val_step"], h["val"]),
+        },
+        run_dir / "train" / "loss.png",
+        "step",
+        "loss",
+        title=f"{system.name}: training",
+        logy=True,
+    )
+    return est.fetch_model().save(run_dir / "model.safetensors")
+
+
+def _load_model(cfg: RunConfig) -> DiffusionModel:
+    path = _need(Path(cfg.run_dir) / "model.safetensors", "train")
+    return DiffusionModel.load(path, device=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+# sample --------------------------------------------------------------------------------------------------
+def sample(cfg: RunConfig, progress: bool = True) -> Path:
+    """Draw diffusion samples; writes ``samples_<method>.npy`` (n, N, d) nm."""
+    run_dir, sc = _run_dir(cfg, "sample"), cfg.sample
+    x = diffusion_sample(
+        _load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress
+    )
+    path = run_dir / f"samples_{sc.method}.npy"
+    np.save(path, x.cpu().numpy())
+    return path
+
+
+# simulate ------------------------------------------------------------------------------------------------
+def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
+    """Langevin simulation of ``replicas`` copies with the learned forces, resumable from its checkpoint.
+
+    ``force_fn`` replaces the learned force field (e.g. the exact potential's forces for a control run).
+    """
+    run_dir, system, sc = _run_dir(cfg, "simulate"), load_system(cfg.system), cfg.simulate
+    out = run_dir / "simulation"
+    dt = sc.timestep or system.settings.get("timestep")
+    friction = sc.friction or system.settings.get("friction")
+    if dt is None or friction is None:
+        raise ValueError(
+            f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)"
+        )
+    if force_fn is None:
+        model = _load_model(cfg)
+
+        def force_fn(pos):
+            return model.forces(pos, sc.t_eval)
+
+    dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
+    term = Underdamped(force_fn, system.masses.to(device, dtype), system.kT, friction)
+    reporter = TrajectoryReporter(out, sc.report_interval, sc.chunk_frames)
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        sim = Simulation.from_checkpoint(
+            checkpoint,
+            term,
+            BAOAB(),
+            reporters=[reporter],
+            checkpoint_path=checkpoint,
+            checkpoint_interval=sc.checkpoint_interval,
+        )
+    else:
+        train_frames = _load_split(cfg, "train")
+        pick = np.random.default_rng(sc.seed).integers(len(train_frames), size=sc.replicas)
+        start = train_frames[pick] if sc.start == "data" else np.repeat(train_frames[:1], sc.replicas, 0)
+        state = State(torch.as_tensor(start, dtype=dtype, device=device))
+        sim = Simulation(
+            term,
+            BAOAB(),
+            state,
+            dt,
+            SeededNoise(sc.seed),
+            [reporter],
+            checkpoint_path=checkpoint,
+            checkpoint_interval=sc.checkpoint_interval,
+        )
+    sim.run(max(0, sc.steps - sim.state.step), progress=progress)
+    return out
+
+
+# evaluate ------------------------------------------------------------------------------------------------
+def evaluate(cfg: RunConfig) -> dict:
+    """iid and sim JS / PMF error against the test split, beside the data-vs-data floor; writes
+    ``metrics.json`` and ``density.png``."""
+    run_dir, system, ec = _run_dir(cfg, "evaluate"), load_system(cfg.system), cfg.evaluate
+    hist_range = system.settings.get("histogram_range")
+    ref = observables(system, _load_split(cfg, "test"))
+    metrics, panels = {}, {"reference": (ref[:, 0], ref[:, 1])}
+    samples_path = run_dir / f"samples_{cfg.sample.method}.npy"
+    if samples_path.exists():
+        iid = observables(system, np.load(samples_path))
+        metrics["iid"] = compare_2d(iid, ref, ec.bins, hist_range) | {"n": len(iid)}
+        panels[f"samples ({cfg.sample.method})"] = (iid[:, 0], iid[:, 1])
+    if (run_dir / "simulation").exists():
+        traj = load_trajectory(run_dir / "simulation")["pos"]  # (frames, B, N, d)
+        kept = traj[int(ec.burn_in * len(traj)) :]
+        sim = observables(system, kept.reshape(-1, *kept.shape[2:]))
+        metrics["sim"] = compare_2d(sim, ref, ec.bins, hist_range) | {"n": len(sim), "frames": len(kept)}
+        panels["simulation"] = (sim[:, 0], sim[:, 1])
+    n = metrics.get("iid", metrics.get("sim", {"n": len(ref)}))["n"]
+    if cfg.data.source == "exact":  # floor: an independent exact data set of the model's size
+        floor = observables(system, system.reference_samples(n, seed=10_000 + cfg.data.seed).numpy())
+        metrics["floor"] = compare_2d(floor, ref, ec.bins, hist_range) | {"n": n}
+    contours = None
+    if system.potential is not None and system.dim == 2 and hist_range is not None:
+        xs = [np.linspace(lo, hi, 200) for lo, hi in hist_range]
+        grid = np.stack(np.meshgrid(*xs, indexing="ij"), -1)
+        with torch.no_grad():
+            u = system.potential.energy(torch.as_tensor(grid.reshape(-1, 1, 2))).numpy().reshape(200, 200)
+        contours = (grid[..., 0], grid[..., 1], np.minimum(u - u.min(), 8 * system.kT))
+    density_panels(
+        panels, run_dir / "density.png", ec.bins, hist_range, contours, title=f"{system.name}: {run_dir.name}"
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+STAGES = {"data": prepare_data, "train": train, "sample": sample, "simulate": simulate, "evaluate": evaluate}
+
+
+def run_all(cfg: RunConfig, progress: bool = True) -> dict:
+    """All stages in order (each skipped output is recomputed; training and simulation resume)."""
+    if not (Path(cfg.run_dir) / "data" / "test.npy").exists():
+        prepare_data(cfg)
+    train(cfg, progress)
+    sample(cfg, progress)
+    simulate(cfg, progress)
+    return evaluate(cfg)
