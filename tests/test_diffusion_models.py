@@ -56,9 +56,7 @@ def gaussian_mixture_2particle():
 
 
 POTENTIALS = {
-    "harmonic": (
-        lambda: Harmonic([[1.0, 3.0], [2.0, 0.5]], n_particles=2, dim=2, centre=[[0.1, 0.2], [0, 1]])
-    ),
+    "harmonic": (lambda: Harmonic([[1.0, 3.0], [2.0, 0.5]], n_particles=2, dim=2, centre=[[0.1, 0.2], [0, 1]])),
     "double_well": DoubleWell,
     "mueller_brown": MuellerBrown,
     "gaussian_mixture": gaussian_mixture_2particle,
@@ -108,9 +106,7 @@ MODEL_CASES = {
     "mlp_scaled": dict(n_particles=2, dim=2, centred=False, scale=0.37, kT=2.5),
     "mlp_centred": dict(n_particles=4, dim=3, centred=True, scale=0.37, kT=2.5),
     "moe": dict(n_particles=1, dim=2, centred=False, scale=0.6, kT=1.7, mixture_boundaries=[0.1, 0.6]),
-    "moe_centred": dict(
-        n_particles=4, dim=3, centred=True, scale=0.45, kT=2.5, mixture_boundaries=[0.1, 0.6]
-    ),
+    "moe_centred": dict(n_particles=4, dim=3, centred=True, scale=0.45, kT=2.5, mixture_boundaries=[0.1, 0.6]),
 }
 
 
@@ -151,6 +147,21 @@ def test_forces_units():
     assert torch.allclose(model.energy(pos), model.kT * model.score_model.energy(x, t), rtol=1e-14)
 
 
+def test_mixed_parameterisation_mixture_has_energy_at_small_t():
+    spec = ModelSpec(
+        1,
+        2,
+        centred=False,
+        mixture_boundaries=[0.1, 0.6],
+        large_t_parameterisation="score",
+        network_options={"hidden": [16]},
+    )
+    torch.manual_seed(0)
+    model = DiffusionModel(spec, build_score_model(spec).double(), VPSDE(), 0.5, 2.0)
+    pos = torch.randn(4, 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert_forces_match(model.forces(pos), fd_gradient(model.energy, pos, 1e-6))
+
+
 def test_direct_score_model_has_no_energy():
     spec = ModelSpec(1, 2, centred=False, parameterisation="score", network_options={"hidden": [8]})
     model = DiffusionModel(spec, build_score_model(spec), VPSDE(), 1.0, 1.0)
@@ -167,9 +178,7 @@ def make_moe(centred=False, dtype=torch.float64):
 
 def test_moe_routes_each_time_to_its_expert():
     moe = make_moe()
-    t = torch.tensor(
-        [1e-5, 0.05, 0.6, 0.99, 0.1, 0.3, 0.0999, 0.61, 1.0, 0.5, 0.1001, 0.7], dtype=torch.float64
-    )
+    t = torch.tensor([1e-5, 0.05, 0.6, 0.99, 0.1, 0.3, 0.0999, 0.61, 1.0, 0.5, 0.1001, 0.7], dtype=torch.float64)
     x = torch.randn(len(t), 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     index = moe.expert_index(t)
     for i, ti in enumerate(t.tolist()):
@@ -195,10 +204,7 @@ def test_moe_gradients_reach_only_the_routed_expert():
     t = torch.tensor([0.2, 0.3, 0.4, 0.5], dtype=torch.float64)  # all in expert 1
     loss = moe.score(x, t, create_graph=True).pow(2).sum()
     loss.backward()
-    grads = [
-        sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in e.parameters())
-        for e in moe.experts
-    ]
+    grads = [sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in e.parameters()) for e in moe.experts]
     assert grads[1] > 0 and grads[0] == 0 and grads[2] == 0
 
 

@@ -146,7 +146,5 @@ def test_noise_uncentred_is_standard_normal_and_seeded():
     assert (cov - torch.eye(4, dtype=torch.float64)).abs().max() < Z * math.sqrt(2 / n)
     # the centroid is NOT removed: its variance is 1 / N per dimension
     assert abs(float(z.mean(1).var()) - 0.5) < Z * 0.5 * math.sqrt(2 / n)
-    again = sde.noise(
-        (n, 2, 2), centred=False, generator=torch.Generator().manual_seed(4), dtype=torch.float64
-    )
+    again = sde.noise((n, 2, 2), centred=False, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     assert torch.equal(z, again)

@@ -74,7 +74,7 @@ class MixtureOfExperts(nn.Module):
         self.parameterisation = experts[0].parameterisation
 
     def expert_index(self, t: Tensor) -> Tensor:
-        return torch.bucketize(t.detach(), torch.tensor(self.boundaries, dtype=t.dtype, device=t.device))
+        return torch.bucketize(t.detach().contiguous(), torch.tensor(self.boundaries, dtype=t.dtype, device=t.device))
 
     def time_range(self, k: int) -> tuple[float, float]:
         """The interval [lo, hi] of diffusion time expert k covers."""
@@ -98,6 +98,9 @@ class MixtureOfExperts(nn.Module):
         return self._route("score", x, t, create_graph=create_graph)
 
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
-        if any(not hasattr(e, "energy") for e in self.experts):
-            raise TypeError("energy() needs energy-based experts; this mixture has direct-score experts")
+        """Energy of the expert each t is routed to (those experts must be energy models)."""
+        for k in self.expert_index(t).unique().tolist():
+            if not hasattr(self.experts[k], "energy"):
+                lo, hi = self.time_range(k)
+                raise TypeError(f"expert {k} (t in [{lo}, {hi}]) is a direct score model: it has no energy")
         return self._route("energy", x, t)

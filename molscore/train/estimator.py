@@ -235,7 +235,7 @@ class ScoreEstimator:
         for t_value in torch.linspace(self.sde.t_min, 1.0, n_times).tolist():
             t = torch.full((len(x0),), t_value, device=self.device, dtype=self.dtype)
             eps = self.sde.noise(x0.shape, self.spec.centred, gen, self.dtype, self.device)
-            total += float(loss_terms(model, self.sde, x0, t, eps, self.n_dof, self.spec.centred).dsm.mean())
+            total += float(loss_terms(model, self.sde, x0, t, eps, self.n_dof, self.spec.centred).dsm.mean().detach())
         return total / n_times
 
     # results -----------------------------------------------------------------------------------------
