@@ -267,3 +267,11 @@ def test_load_unknown_system_lists_known_ones():
     assert "no_such_system" in message
     for known in ("double_well", "gaussian_mixture", "harmonic", "mueller_brown"):
         assert known in message
+
+
+def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable molscore checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
