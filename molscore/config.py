@@ -122,16 +122,13 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         if not args:
             return dict(value)
         return {
-            _convert(k, args[0], f"{key}.{k}", where): _convert(v, args[1], f"{key}.{k}", where)
-            for k, v in value.items()
+            _convert(k, args[0], f"{key}.{k}", where): _convert(v, args[1], f"{key}.{k}", where) for k, v in value.items()
         }
     if isinstance(tp, type):
         if not isinstance(value, tp):
             _fail(key, where, f"expected {_type_name(tp)}, {got}")
         return value
-    raise TypeError(
-        f"config schema field '{key}' has an unsupported type {tp!r}; use one listed in molscore.config"
-    )
+    raise TypeError(f"config schema field '{key}' has an unsupported type {tp!r}; use one listed in molscore.config")
 
 
 def _build(schema: type[T], data: Mapping, prefix: str, where: str) -> T:
@@ -154,9 +151,7 @@ def _build(schema: type[T], data: Mapping, prefix: str, where: str) -> T:
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], dotted(name), where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(
-                f"missing required config key '{dotted(name)}'{where} ({_type_name(hints[name])}); add it"
-            )
+            raise ConfigError(f"missing required config key '{dotted(name)}'{where} ({_type_name(hints[name])}); add it")
     try:
         return schema(**kwargs)
     except (ValueError, TypeError) as err:  # the schema's own __post_init__ checks

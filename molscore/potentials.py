@@ -171,9 +171,7 @@ class GaussianMixture(Potential):
         return self.means[k] + self.stds[k, None, None] * z
 
 
-def rejection_sample(
-    potential: Potential, n: int, kT: float, box, generator: torch.Generator | None = None
-) -> Tensor:
+def rejection_sample(potential: Potential, n: int, kT: float, box, generator: torch.Generator | None = None) -> Tensor:
     """Exact Boltzmann samples of a one-particle 2-D potential restricted to a box, by rejection.
 
     Proposals are uniform on ``box = ((x_lo, x_hi), (y_lo, y_hi))`` and accepted with probability

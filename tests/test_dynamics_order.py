@@ -50,9 +50,7 @@ def test_euler_maruyama_strong_order_one_for_additive_noise():
     # exact solution x_T = e^{-theta T} x0 + S int e^{-theta (T - u)} dW(u), the integral conditioned on the
     # fine increments (each weighted by the mean of its kernel over its interval; residual ~ theta delta)
     starts = delta * torch.arange(n_fine, dtype=torch.float64)
-    kernel = (torch.exp(-THETA * (t_end - starts - delta)) - torch.exp(-THETA * (t_end - starts))) / (
-        THETA * delta
-    )
+    kernel = (torch.exp(-THETA * (t_end - starts - delta)) - torch.exp(-THETA * (t_end - starts))) / (THETA * delta)
     exact = math.exp(-THETA * t_end) * x0 + S * torch.einsum("k,kbnd->bnd", kernel, dw)
 
     hs, errs, sds = [], [], []

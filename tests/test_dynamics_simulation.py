@@ -235,9 +235,7 @@ def test_reverse_time_euler_maruyama_scales_noise_with_sqrt_abs_dt():
     # dx = g(t) dW stepped backwards from t = 1: one step has variance g(1)^2 |dt| (noise taken at the start)
     dt, b = -0.01, 40000
     term = SDE(lambda x, t: torch.zeros_like(x), lambda t: 0.5 + t)
-    state = EulerMaruyama().step(
-        term, State(torch.zeros(b, 1, 3, dtype=torch.float64), t=1.0), dt, SeededNoise(0)
-    )
+    state = EulerMaruyama().step(term, State(torch.zeros(b, 1, 3, dtype=torch.float64), t=1.0), dt, SeededNoise(0))
     assert state.t == pytest.approx(0.99) and state.step == 1
     var, expected = state.pos.var().item(), 1.5**2 * abs(dt)
     assert abs(var - expected) < 5 * expected * math.sqrt(2 / state.pos.numel())

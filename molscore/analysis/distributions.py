@@ -103,9 +103,7 @@ def histogram2d(x, y, bins: int | Sequence[int], range: Range2D, overflow: bool 
         return np.append(counts.ravel(), n - inside.sum()) / n
     n_in = int(inside.sum())
     if n_in == 0:
-        raise ValueError(
-            f"none of the {n} points lies inside range {range!r}; widen the range or use overflow=True"
-        )
+        raise ValueError(f"none of the {n} points lies inside range {range!r}; widen the range or use overflow=True")
     return counts / n_in
 
 
@@ -167,15 +165,11 @@ def pmf_error(p_model, p_ref, floor: float = 1e-6) -> float:
 def _default_range(reference_xy: np.ndarray) -> Range2D:
     lo, hi = np.nanmin(reference_xy, axis=0), np.nanmax(reference_xy, axis=0)
     if np.any(hi <= lo):
-        raise ValueError(
-            f"reference has zero extent along an axis (min {lo}, max {hi}); pass range explicitly"
-        )
+        raise ValueError(f"reference has zero extent along an axis (min {lo}, max {hi}); pass range explicitly")
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
 
-def compare_2d(
-    samples_xy, reference_xy, bins: int | Sequence[int] = 64, range: Range2D | None = None
-) -> dict[str, float]:
+def compare_2d(samples_xy, reference_xy, bins: int | Sequence[int] = 64, range: Range2D | None = None) -> dict[str, float]:
     """JS divergence and PMF error between model samples and reference points.
 
     Parameters

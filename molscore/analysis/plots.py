@@ -74,6 +74,7 @@ def density_panels(
     xlabel: str = "x",
     ylabel: str = "y",
     n_contours: int = 12,
+    ncols: int | None = None,
 ) -> Path:
     """Side-by-side 2-D densities (e.g. reference MD | diffusion samples | simulation) on one colour scale.
 
@@ -99,6 +100,8 @@ def density_panels(
         Axis labels, with units (e.g. ``"phi (rad)"``).
     n_contours : int
         Number of energy contour levels.
+    ncols : int, optional
+        Panels per row (default: all in one row); panels fill rows left to right.
 
     Returns
     -------
@@ -132,13 +135,16 @@ def density_panels(
         else:
             contours = tuple(np.asarray(a, dtype=float) for a in potential_contours)
             if len(contours) != 3 or not (contours[0].shape == contours[1].shape == contours[2].shape):
-                raise ValueError(
-                    "potential_contours must be a callable U(X, Y) or arrays (X, Y, U) of one shape"
-                )
+                raise ValueError("potential_contours must be a callable U(X, Y) or arrays (X, Y, U) of one shape")
 
     n = len(images)
-    fig = Figure(figsize=(3.6 * n + 0.8, 3.6), layout="constrained")
-    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
+    ncols = n if ncols is None else max(1, min(int(ncols), n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.6 * ncols + 0.8, 3.4 * nrows + 0.2), layout="constrained")
+    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    for ax in grid.flat[n:]:
+        ax.set_visible(False)
+    axes = list(grid.flat[:n])
     mappable = None
     for ax, (name, im) in zip(axes, images.items(), strict=True):
         # imshow wants (rows = y, cols = x): transpose the (bx, by) histogram, origin at the bottom
@@ -156,8 +162,9 @@ def density_panels(
             ax.contour(*contours, levels=n_contours, colors="0.3", linewidths=0.6)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
-    axes[0].set_ylabel(ylabel)
-    fig.colorbar(mappable, ax=list(axes), label=label, shrink=0.9)
+    for row in grid:
+        row[0].set_ylabel(ylabel)
+    fig.colorbar(mappable, ax=axes, label=label, shrink=0.9)
     if title:
         fig.suptitle(title)
     return _save_atomic(fig, path)
@@ -202,9 +209,7 @@ def line_plot(
         if x.shape != y.shape:
             raise ValueError(f"series {name!r}: x and y lengths differ ({x.size} vs {y.size})")
         ax.plot(x, y, label=name, lw=1.2)
-    ax.set(
-        xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear"
-    )
+    ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -31,11 +31,11 @@ class VPSDE:
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(-0.5 * self.int_beta(torch.as_tensor(t)))
+        return torch.exp(-0.5 * self.int_beta(_as_time(t)))
 
     def sigma(self, t: Tensor) -> Tensor:
         # 1 - alpha^2 = -expm1(-int beta): accurate for t -> 0, where sigma^2 ~ beta_min t
-        return torch.sqrt(-torch.expm1(-self.int_beta(torch.as_tensor(t))))
+        return torch.sqrt(-torch.expm1(-self.int_beta(_as_time(t))))
 
     def drift(self, x: Tensor, t) -> Tensor:
         """Forward drift f(x, t) = -1/2 beta(t) x."""
@@ -59,3 +59,8 @@ def _per_sample(value, like: Tensor) -> Tensor:
     """Broadcast a scalar or per-sample ``(B,)`` value against ``like : (B, N, d)``."""
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     return value.reshape(-1, *([1] * (like.ndim - 1))) if value.ndim else value
+
+
+def _as_time(t) -> Tensor:
+    """Tensors pass through; Python numbers become float64 tensors (no silent float32 rounding)."""
+    return t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float64)

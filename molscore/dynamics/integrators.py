@@ -64,9 +64,7 @@ class EulerMaruyama(Integrator):
         x, t = state.pos, state.t
         x_new = x + _checked_drift(term, x, t) * dt
         if not term.deterministic:
-            z = _need_noise(noise, "EulerMaruyama").normal(
-                state.step, x.shape, x.dtype, x.device, STEP_STREAM
-            )
+            z = _need_noise(noise, "EulerMaruyama").normal(state.step, x.shape, x.dtype, x.device, STEP_STREAM)
             x_new = x_new + term.noise(z, t) * math.sqrt(abs(dt))
         return State(x_new, state.vel, t + dt, state.step + 1)
 

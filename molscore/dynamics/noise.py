@@ -50,9 +50,7 @@ class SeededNoise:
         """
         step, stream = int(step), int(stream)
         if step < 0 or stream < 0 or step >= 2**64 or stream >= 2**64:
-            raise ValueError(
-                f"step and stream must be integers in [0, 2^64), got step={step}, stream={stream}"
-            )
+            raise ValueError(f"step and stream must be integers in [0, 2^64), got step={step}, stream={stream}")
         device = torch.device(device)
         shape = tuple(int(s) for s in shape)
         if device.type == "cuda":

@@ -67,9 +67,7 @@ class Simulation:
         if dt == 0 or not math.isfinite(dt):
             raise ValueError(f"dt must be finite and non-zero (ps), got {dt}")
         if int(check_interval) < 1 or not max_abs_position > 0:
-            raise ValueError(
-                f"need check_interval >= 1 and max_abs_position > 0, got {check_interval}, {max_abs_position}"
-            )
+            raise ValueError(f"need check_interval >= 1 and max_abs_position > 0, got {check_interval}, {max_abs_position}")
         if checkpoint_interval is not None and (checkpoint_path is None or int(checkpoint_interval) < 1):
             raise ValueError("checkpoint_interval needs a checkpoint_path and must be >= 1")
         self.term, self.integrator, self.dt, self.noise = term, integrator, dt, noise

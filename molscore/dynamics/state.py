@@ -30,23 +30,18 @@ class State:
 
     def __post_init__(self):
         if not isinstance(self.pos, Tensor):
-            raise TypeError(
-                f"State.pos must be a torch.Tensor (B, N, d) in nm, got {type(self.pos).__name__}"
-            )
+            raise TypeError(f"State.pos must be a torch.Tensor (B, N, d) in nm, got {type(self.pos).__name__}")
         if self.pos.ndim != 3:
             hint = "; add a replica dimension with pos[None]" if self.pos.ndim == 2 else ""
             raise ValueError(
-                f"State.pos has shape {tuple(self.pos.shape)}; expected (B, N, d) = (replicas, particles, "
-                f"dimension){hint}"
+                f"State.pos has shape {tuple(self.pos.shape)}; expected (B, N, d) = (replicas, particles, dimension){hint}"
             )
         if not self.pos.is_floating_point():
             raise TypeError(f"State.pos must be a floating-point tensor, got dtype {self.pos.dtype}")
         if self.vel is not None:
             if not isinstance(self.vel, Tensor) or self.vel.shape != self.pos.shape:
                 shape = tuple(self.vel.shape) if isinstance(self.vel, Tensor) else type(self.vel).__name__
-                raise ValueError(
-                    f"State.vel has shape {shape}; it must match pos {tuple(self.pos.shape)} (B, N, d), nm/ps"
-                )
+                raise ValueError(f"State.vel has shape {shape}; it must match pos {tuple(self.pos.shape)} (B, N, d), nm/ps")
             if self.vel.dtype != self.pos.dtype or self.vel.device != self.pos.device:
                 raise ValueError(
                     f"State.vel is {self.vel.dtype} on {self.vel.device} but pos is {self.pos.dtype} on "

@@ -185,9 +185,7 @@ class Underdamped(Term):
             raise ValueError("Underdamped needs force_fn or energy_fn (forces are then -grad energy_fn)")
         masses = torch.as_tensor(masses, dtype=torch.float64)
         if masses.ndim != 1 or not torch.isfinite(masses).all() or (masses <= 0).any():
-            raise ValueError(
-                f"masses must be a positive 1-D tensor (N,) in amu, got shape {tuple(masses.shape)}"
-            )
+            raise ValueError(f"masses must be a positive 1-D tensor (N,) in amu, got shape {tuple(masses.shape)}")
         if not kT > 0 or not math.isfinite(kT):
             raise ValueError(f"kT must be positive (kJ/mol), got {kT}")
         if not friction >= 0 or not math.isfinite(friction):

@@ -24,6 +24,9 @@ class GaussianMixtureScore(nn.Module):
     ----------
     mixture : the t = 0 density, in diffusion coordinates
     sde : the diffusion process
+
+    The density is normalised over all N d coordinates (not centred): use it for systems without
+    translation invariance.
     """
 
     parameterisation = "energy"

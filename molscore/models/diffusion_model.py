@@ -117,7 +117,5 @@ class DiffusionModel(nn.Module):
         spec = ModelSpec(**json.loads(meta["spec"]))
         score_model = build_score_model(spec)
         score_model.load_state_dict(load_file(str(path)))
-        model = cls(
-            spec, score_model, VPSDE(**json.loads(meta["sde"])), float(meta["scale"]), float(meta["kT"])
-        )
+        model = cls(spec, score_model, VPSDE(**json.loads(meta["sde"])), float(meta["scale"]), float(meta["kT"]))
         return model.to(device=device, dtype=dtype)

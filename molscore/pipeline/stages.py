@@ -68,17 +68,12 @@ def prepare_data(cfg: RunConfig) -> Path:
     sizes = {"train": dc.n_train, "validation": dc.n_validation, "test": dc.n_test}
     if dc.source == "exact":
         splits = {
-            name: system.reference_samples(n, seed=dc.seed * 3 + k).numpy()
-            for k, (name, n) in enumerate(sizes.items())
+            name: system.reference_samples(n, seed=dc.seed * 3 + k).numpy() for k, (name, n) in enumerate(sizes.items())
         }
     else:
-        frames = system.check_positions(
-            np.load(_need(Path(dc.source), "data")), f"frames in {dc.source}"
-        ).numpy()
+        frames = system.check_positions(np.load(_need(Path(dc.source), "data")), f"frames in {dc.source}").numpy()
         if sum(sizes.values()) > len(frames):
-            raise ValueError(
-                f"{dc.source} has {len(frames)} frames; the splits ask for {sum(sizes.values())}"
-            )
+            raise ValueError(f"{dc.source} has {len(frames)} frames; the splits ask for {sum(sizes.values())}")
         order = np.random.default_rng(dc.seed).permutation(len(frames))
         bounds = np.cumsum([0, *sizes.values()])
         splits = {name: frames[order[a:b]] for name, a, b in zip(sizes, bounds[:-1], bounds[1:], strict=True)}
@@ -143,9 +138,7 @@ def _load_model(cfg: RunConfig) -> DiffusionModel:
 def sample(cfg: RunConfig, progress: bool = True) -> Path:
     """Draw diffusion samples; writes ``samples_<method>.npy`` (n, N, d) nm."""
     run_dir, sc = _run_dir(cfg, "sample"), cfg.sample
-    x = diffusion_sample(
-        _load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress
-    )
+    x = diffusion_sample(_load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress)
     path = run_dir / f"samples_{sc.method}.npy"
     np.save(path, x.cpu().numpy())
     return path
@@ -162,9 +155,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     dt = sc.timestep or system.settings.get("timestep")
     friction = sc.friction or system.settings.get("friction")
     if dt is None or friction is None:
-        raise ValueError(
-            f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)"
-        )
+        raise ValueError(f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)")
     if force_fn is None:
         model = _load_model(cfg)
 
@@ -233,9 +224,7 @@ def evaluate(cfg: RunConfig) -> dict:
         with torch.no_grad():
             u = system.potential.energy(torch.as_tensor(grid.reshape(-1, 1, 2))).numpy().reshape(200, 200)
         contours = (grid[..., 0], grid[..., 1], np.minimum(u - u.min(), 8 * system.kT))
-    density_panels(
-        panels, run_dir / "density.png", ec.bins, hist_range, contours, title=f"{system.name}: {run_dir.name}"
-    )
+    density_panels(panels, run_dir / "density.png", ec.bins, hist_range, contours, title=f"{system.name}: {run_dir.name}")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

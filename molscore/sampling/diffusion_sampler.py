@@ -83,9 +83,7 @@ def sample(
     integrator = EulerMaruyama() if method == "sde" else Heun()
     dt = -(model.sde.t_max - model.sde.t_min) / n_steps
     out = []
-    for k, start in enumerate(
-        tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({method})")
-    ):
+    for k, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({method})")):
         noise = SeededNoise(seed * 1_000_003 + k)
         x1 = prior_sample(model, min(batch_size, n - start), noise, device, dtype)
         sim = Simulation(term, integrator, State(x1, t=model.sde.t_max), dt, noise, max_abs_position=1e4)

@@ -34,9 +34,7 @@ def _velocity_and_divergence(model: DiffusionModel, x: Tensor, t: float, probes:
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         times = torch.full((len(x),), t, dtype=x.dtype, device=x.device)
-        v = model.sde.drift(x, t) - 0.5 * model.sde.beta(t) * model.score_model.score(
-            x, times, create_graph=True
-        )
+        v = model.sde.drift(x, t) - 0.5 * model.sde.beta(t) * model.score_model.score(x, times, create_graph=True)
         div = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         for k, q in enumerate(probes):
             (qj,) = torch.autograd.grad(v, x, grad_outputs=q, retain_graph=k < len(probes) - 1)

@@ -23,6 +23,4 @@ def load_checkpoint(path: str | Path, device="cpu") -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # corrupted or foreign file
-        raise ValueError(
-            f"{path} is not a readable molscore checkpoint ({err}); delete it to restart"
-        ) from err
+        raise ValueError(f"{path} is not a readable molscore checkpoint ({err}); delete it to restart") from err

@@ -95,17 +95,13 @@ class ScoreEstimator:
             return [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=cfg.steps)]
         fractions = list(cfg.expert_step_fractions)
         if len(fractions) != len(experts):
-            raise ValueError(
-                f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts"
-            )
+            raise ValueError(f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts")
         counts = [round(cfg.steps * f / sum(fractions)) for f in fractions]
         counts[-1] = cfg.steps - sum(counts[:-1])
         stages, start = [], 0
         for k, count in zip(reversed(range(len(experts))), counts, strict=True):
             lo, hi = model.time_range(k)
-            stages.append(
-                dict(expert=k, t_range=(max(lo, self.sde.t_min), hi), start=start, stop=start + count)
-            )
+            stages.append(dict(expert=k, t_range=(max(lo, self.sde.t_min), hi), start=start, stop=start + count))
             start += count
         return stages
 
@@ -131,9 +127,7 @@ class ScoreEstimator:
         data = torch.as_tensor(data)
         shape = (self.spec.n_particles, self.spec.dim)
         if data.ndim != 3 or tuple(data.shape[1:]) != shape:
-            raise ValueError(
-                f"training data have shape {tuple(data.shape)}; expected (frames, {shape[0]}, {shape[1]})"
-            )
+            raise ValueError(f"training data have shape {tuple(data.shape)}; expected (frames, {shape[0]}, {shape[1]})")
         if not torch.isfinite(data).all():
             raise ValueError("training data contain NaN or infinite coordinates; remove those frames")
         data = data.to(self.device, self.dtype)
@@ -170,9 +164,7 @@ class ScoreEstimator:
         ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
         if ckpt is not None and ckpt.is_file():
             self._restore(load_checkpoint(ckpt, self.device))
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True
-        )
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
         while self.step < cfg.steps:
             self._train_step(x_data)
             if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
@@ -200,9 +192,7 @@ class ScoreEstimator:
         use_fp = cfg.fp_weight > 0 and stage["expert"] in (None, 0)
         fp_count = max(1, round(cfg.fp_fraction * cfg.batch_size)) if use_fp else 0
         module = self._trained_module(stage)
-        terms = loss_terms(
-            module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen
-        )
+        terms = loss_terms(module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen)
         dsm = terms.dsm.mean()
         fp = terms.fp.mean() if terms.fp is not None else torch.zeros((), device=self.device)
         loss = dsm + cfg.fp_weight * fp

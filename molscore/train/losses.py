@@ -27,9 +27,7 @@ def dsm_from_score(score: Tensor, eps: Tensor, sigma: Tensor, n_dof: int) -> Ten
     return ((_per_sample(sigma, score) * score + eps) ** 2).flatten(1).sum(1) / n_dof
 
 
-def fp_residual(
-    sde: VPSDE, x: Tensor, t: Tensor, score: Tensor, dE_dt: Tensor, divergence: Tensor, n_dof: int
-) -> Tensor:
+def fp_residual(sde: VPSDE, x: Tensor, t: Tensor, score: Tensor, dE_dt: Tensor, divergence: Tensor, n_dof: int) -> Tensor:
     """Fokker-Planck residual of an energy model, ``(B,)``.
 
     R = d/dt log q - 1/2 beta(t) [div s + ||s||^2 + <x, s> + D],  log q = -E  =>  d/dt log q = -dE/dt.

@@ -20,9 +20,7 @@ def step_time(model, optimizer, x0, t, eps, n_dof, centred, fp_count, fp_weight,
     sde = VPSDE()
 
     def one_step():
-        terms = loss_terms(
-            model, sde, x0, t, eps, n_dof, centred, fp_count, 1e-2, torch.Generator().manual_seed(0)
-        )
+        terms = loss_terms(model, sde, x0, t, eps, n_dof, centred, fp_count, 1e-2, torch.Generator().manual_seed(0))
         loss = terms.dsm.mean() + (fp_weight * terms.fp.mean() if terms.fp is not None else 0.0)
         optimizer.zero_grad()
         loss.backward()
@@ -45,12 +43,8 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     cases = {
-        "Mueller-Brown MLP 92x3 (N=1, d=2)": ModelSpec(
-            1, 2, centred=False, network_options={"hidden": [92] * 3}
-        ),
-        "MLP 256x3 on 22 atoms (N=22, d=3)": ModelSpec(
-            22, 3, centred=True, network_options={"hidden": [256] * 3}
-        ),
+        "Mueller-Brown MLP 92x3 (N=1, d=2)": ModelSpec(1, 2, centred=False, network_options={"hidden": [92] * 3}),
+        "MLP 256x3 on 22 atoms (N=22, d=3)": ModelSpec(22, 3, centred=True, network_options={"hidden": [256] * 3}),
     }
     print(f"{'model':40s} {'fp_fraction':>11s} {'no FP (ms)':>11s} {'FP (ms)':>9s} {'ratio':>6s}")
     for name, spec in cases.items():
@@ -64,9 +58,7 @@ def main():
         for fraction in (1.0, 0.25):
             count = round(fraction * args.batch_size)
             with_fp = step_time(model, optimizer, x0, t, eps, n_dof, spec.centred, count, 5e-4, args.repeats)
-            print(
-                f"{name:40s} {fraction:11.2f} {1e3 * base:11.2f} {1e3 * with_fp:9.2f} {with_fp / base:6.2f}"
-            )
+            print(f"{name:40s} {fraction:11.2f} {1e3 * base:11.2f} {1e3 * with_fp:9.2f} {with_fp / base:6.2f}")
 
 
 if __name__ == "__main__":
