@@ -81,7 +81,7 @@ class ScoreEstimator:
         self.scale: float | None = None
         self.kT: float | None = None
         self.skipped_steps = 0
-        self._optimizer = None
+        self._optimizer, self._optimizer_stage = None, None
         n = spec.n_particles - 1 if spec.centred else spec.n_particles
         self.n_dof = spec.dim * n
         self._stages = self._plan_stages()
@@ -247,7 +247,7 @@ class ScoreEstimator:
             "model": self.score_model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
-            "optimizer_stage": getattr(self, "_optimizer_stage", None),
+            "optimizer_stage": self._optimizer_stage,
             "history": self.history,
             "spec": self.spec.to_dict(),
             "config": asdict(self.config),
