@@ -31,8 +31,15 @@ class System:
     potential : analytic potential, or None for systems known only through data
     centred : whether conformations are defined up to translation (molecules: True; a particle in an
         external potential: False). Centred data live in the d (N - 1)-dimensional zero-centroid subspace.
-    topology : mdtraj.Topology or None
-    settings : further entries of the definition file (integrator settings, reference sampling, ...)
+    topology : mdtraj.Topology or None (molecules: read from the structure file)
+    settings : further entries of the definition file (integrator settings, histogram ranges, ...)
+    folder : the system's folder under ``systems/``
+    structure : structure file (PDB) of a molecule, nm
+    md : reference MD set-up (force-field files, nonbonded method, constraints, timestep ps, friction 1/ps,
+        frame_interval ps), with the chosen variant's overrides applied
+    collective_variables : name -> {"dihedral": [[residue index, atom name], x4]}
+    states : name -> {cv name: centre (rad), ..., "radius": rad}
+    variant : the variant of the definition in use (e.g. "vacuum"), None for the default
     """
 
     name: str
@@ -43,6 +50,12 @@ class System:
     centred: bool = True
     topology: object = None
     settings: dict = field(default_factory=dict)
+    folder: Path | None = None
+    structure: Path | None = None
+    md: dict = field(default_factory=dict)
+    collective_variables: dict = field(default_factory=dict)
+    states: dict = field(default_factory=dict)
+    variant: str | None = None
 
     def __post_init__(self):
         self.masses = torch.as_tensor(self.masses, dtype=torch.float64).reshape(-1)
@@ -92,11 +105,24 @@ class System:
         return self.potential.sample(n, self.kT, generator=gen)
 
 
-_SYSTEM_KEYS = {"name", "potential", "temperature", "kT", "masses", "dim", "centred", "settings"}
+_SYSTEM_KEYS = {
+    "name", "potential", "temperature", "kT", "masses", "dim", "centred", "settings", "structure", "md",
+    "variants", "collective_variables", "states",
+}  # fmt: skip
 
 
-def load_system(name_or_path: str | Path) -> System:
-    """Load a system from ``systems/<name>/system.yaml`` or from a path to such a file or folder."""
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def load_system(name_or_path: str | Path, variant: str | None = None) -> System:
+    """Load a system from ``systems/<name>/system.yaml`` or from a path to such a file or folder.
+
+    ``variant`` picks an entry of the file's ``variants`` (e.g. "vacuum"), whose keys override the default.
+    """
     path = Path(name_or_path)
     if not path.exists():
         path = SYSTEMS_DIR / str(name_or_path)
@@ -109,6 +135,11 @@ def load_system(name_or_path: str | Path) -> System:
     unknown = set(spec) - _SYSTEM_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SYSTEM_KEYS)}")
+    variants = spec.pop("variants", {}) or {}
+    if variant is not None:
+        if variant not in variants:
+            raise ValueError(f"{path}: no variant {variant!r}; variants defined: {sorted(variants)}")
+        spec = _merge(spec, variants[variant])
     if ("temperature" in spec) == ("kT" in spec):
         raise ValueError(f"{path}: give exactly one of 'temperature' (K) or 'kT' (kJ/mol)")
     temperature = spec.get("temperature") or temperature_from_kT(float(spec["kT"]))
@@ -121,7 +152,17 @@ def load_system(name_or_path: str | Path) -> System:
         if kind == "gaussian_mixture":
             pot_spec.setdefault("kT", kT_from_temperature(temperature))
         potential = POTENTIALS[kind](**pot_spec)
-    masses = np.atleast_1d(np.asarray(spec.get("masses", [1.0]), dtype=float))
+    topology, structure = None, None
+    if "structure" in spec:
+        import mdtraj
+
+        structure = path.parent / spec["structure"]
+        if not structure.is_file():
+            raise FileNotFoundError(f"{path}: structure file {structure} is missing")
+        topology = mdtraj.load_topology(str(structure))
+        masses = np.array([atom.element.mass for atom in topology.atoms])
+    else:
+        masses = np.atleast_1d(np.asarray(spec.get("masses", [1.0]), dtype=float))
     return System(
         name=spec.get("name", path.parent.name),
         masses=torch.as_tensor(masses),
@@ -129,5 +170,12 @@ def load_system(name_or_path: str | Path) -> System:
         dim=int(spec.get("dim", 3)),
         potential=potential,
         centred=bool(spec.get("centred", True)),
+        topology=topology,
         settings=dict(spec.get("settings", {})),
+        folder=path.parent,
+        structure=structure,
+        md=dict(spec.get("md", {})),
+        collective_variables=dict(spec.get("collective_variables", {})),
+        states=dict(spec.get("states", {})),
+        variant=variant,
     )

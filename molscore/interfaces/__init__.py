@@ -1,0 +1,1 @@
+"""Bridges to the ecosystem: OpenMM (reference force fields, MD data), ASE (calculator), peptide building."""
