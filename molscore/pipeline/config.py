@@ -11,15 +11,23 @@ from molscore.train.estimator import TrainConfig
 class DataConfig:
     """Where training data come from.
 
-    source : "exact" (draw exact Boltzmann samples of an analytic system) or a path to a ``.npy`` array of
-        frames ``(M, N, d)`` in nm, split at random into train / validation / test by ``seed``
-    n_train, n_validation, n_test : frames per split ("exact": drawn independently; file: taken in this order)
+    source : "exact" (exact Boltzmann samples of an analytic system), a path to a ``.npy`` array of frames
+        ``(M, N, d)`` nm (split at random by ``seed``), or an MD folder written by ``workflows/generate_md.py``
+        (``topology.pdb`` + ``replica_*/chunk_*.dcd``; split by whole replicas)
+    n_train, n_validation, n_test : frames per split ("exact" and ``.npy`` sources)
+    resolution : MD folders: "all", "heavy", "backbone" (C-N-CA-C-N beads) or "calpha"
+    stride : MD folders: keep every stride-th frame
+    n_validation_replicas, n_test_replicas : MD folders: replicas held out for validation and testing
     """
 
     source: str = "exact"
     n_train: int = 100_000
     n_validation: int = 10_000
     n_test: int = 100_000
+    resolution: Literal["all", "heavy", "backbone", "calpha"] = "all"
+    stride: int = 1
+    n_validation_replicas: int = 1
+    n_test_replicas: int = 2
     seed: int = 0
 
 

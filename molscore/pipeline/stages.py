@@ -14,12 +14,16 @@ import csv
 import json
 from pathlib import Path
 
+import mdtraj
 import numpy as np
 import torch
+import yaml
 
+from molscore.analysis.collective_variables import compute_cvs
 from molscore.analysis.distributions import compare_2d
 from molscore.analysis.plots import density_panels, line_plot
 from molscore.config import dump_config
+from molscore.data.splits import write_molecular_splits
 from molscore.dynamics import (
     BAOAB,
     SeededNoise,
@@ -51,12 +55,24 @@ def _need(path: Path, stage: str) -> Path:
     return path
 
 
-def observables(system: System, pos) -> np.ndarray:
-    """The 2-D coordinates the metrics are computed on, ``(n, 2)``: a planar particle's (x, y)."""
+def observables(system: System, pos, run_dir: Path | None = None) -> np.ndarray:
+    """The 2-D coordinates the metrics are computed on, ``(n, 2)``: a planar particle's (x, y), or the first
+    two collective variables of a molecule (computed on the bead topology of the run's data)."""
     pos = np.asarray(pos)
     if system.dim == 2 and system.n_particles == 1:
         return pos[:, 0, :]
-    raise NotImplementedError(f"system {system.name!r} declares no 2-D collective variables yet")
+    if system.collective_variables and run_dir is not None:
+        topology = mdtraj.load_topology(str(_need(Path(run_dir) / "data" / "beads.pdb", "data")))
+        return compute_cvs(pos, topology, system.collective_variables, list(system.collective_variables)[:2])
+    raise ValueError(f"system {system.name!r} declares no 2-D collective variables (collective_variables:)")
+
+
+def _md_replica_files(folder: Path) -> list[list[Path]]:
+    replicas = sorted(p for p in folder.glob("replica_*") if p.is_dir())
+    files = [sorted(r.glob("chunk_*.dcd")) for r in replicas]
+    if not files or not all(files):
+        raise FileNotFoundError(f"{folder} holds no complete replica_*/chunk_*.dcd; run workflows/generate_md.py")
+    return files
 
 
 # data ----------------------------------------------------------------------------------------------------
@@ -66,6 +82,13 @@ def prepare_data(cfg: RunConfig) -> Path:
     out = run_dir / "data"
     out.mkdir(exist_ok=True)
     sizes = {"train": dc.n_train, "validation": dc.n_validation, "test": dc.n_test}
+    if Path(dc.source).is_dir():  # an MD folder: split by whole replicas
+        folder = Path(dc.source)
+        files, topology = _md_replica_files(folder), _need(folder / "topology.pdb", "data")
+        write_molecular_splits(
+            files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed
+        )
+        return out
     if dc.source == "exact":
         splits = {
             name: system.reference_samples(n, seed=dc.seed * 3 + k).numpy() for k, (name, n) in enumerate(sizes.items())
@@ -87,18 +110,27 @@ def _load_split(cfg: RunConfig, name: str) -> np.ndarray:
 
 
 # train ---------------------------------------------------------------------------------------------------
-def model_spec(cfg: RunConfig, system: System) -> ModelSpec:
-    m = cfg.model
+def _beads(cfg: RunConfig) -> dict | None:
+    path = Path(cfg.run_dir) / "data" / "beads.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
+    """The model spec of a run; graph networks get the beads' types from the data unless set."""
+    m, options = cfg.model, dict(cfg.model.network_options)
+    beads = _beads(cfg)
+    if m.network == "gnn" and beads is not None:
+        options.setdefault("bead_types", beads["bead_types"])
     return ModelSpec(
-        system.n_particles,
-        system.dim,
-        system.centred,
-        m.parameterisation,
-        m.network,
-        dict(m.network_options),
-        list(m.mixture_boundaries),
-        m.large_t_parameterisation,
-    )
+        n_particles, system.dim, system.centred, m.parameterisation, m.network, options,
+        list(m.mixture_boundaries), m.large_t_parameterisation,
+    )  # fmt: skip
+
+
+def bead_masses(cfg: RunConfig, system: System) -> torch.Tensor:
+    """Masses of the run's beads, amu (atom masses of the selected atoms)."""
+    beads = _beads(cfg)
+    return system.masses if beads is None else system.masses[beads["indices"]]
 
 
 def train(cfg: RunConfig, progress: bool = True) -> Path:
@@ -106,7 +138,7 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
     run_dir, system = _run_dir(cfg, "train"), load_system(cfg.system)
     data = torch.as_tensor(_load_split(cfg, "train"))
     validation = torch.as_tensor(_load_split(cfg, "validation"))
-    est = ScoreEstimator(model_spec(cfg, system), cfg.train, device=cfg.device, dtype=DTYPES[cfg.dtype])
+    est = ScoreEstimator(model_spec(cfg, system, data.shape[1]), cfg.train, device=cfg.device, dtype=DTYPES[cfg.dtype])
     est.fit(data, system.kT, validation, checkpoint_dir=run_dir / "train", progress=progress)
     h = est.history
     with open(run_dir / "train" / "history.csv", "w", newline="") as f:
@@ -163,7 +195,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
             return model.forces(pos, sc.t_eval)
 
     dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
-    term = Underdamped(force_fn, system.masses.to(device, dtype), system.kT, friction)
+    term = Underdamped(force_fn, bead_masses(cfg, system).to(device, dtype), system.kT, friction)
     reporter = TrajectoryReporter(out, sc.report_interval, sc.chunk_frames)
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
@@ -200,23 +232,28 @@ def evaluate(cfg: RunConfig) -> dict:
     ``metrics.json`` and ``density.png``."""
     run_dir, system, ec = _run_dir(cfg, "evaluate"), load_system(cfg.system), cfg.evaluate
     hist_range = system.settings.get("histogram_range")
-    ref = observables(system, _load_split(cfg, "test"))
+    ref = observables(system, _load_split(cfg, "test"), run_dir)
     metrics, panels = {}, {"reference": (ref[:, 0], ref[:, 1])}
     samples_path = run_dir / f"samples_{cfg.sample.method}.npy"
     if samples_path.exists():
-        iid = observables(system, np.load(samples_path))
+        iid = observables(system, np.load(samples_path), run_dir)
         metrics["iid"] = compare_2d(iid, ref, ec.bins, hist_range) | {"n": len(iid)}
         panels[f"samples ({cfg.sample.method})"] = (iid[:, 0], iid[:, 1])
     if (run_dir / "simulation").exists():
         traj = load_trajectory(run_dir / "simulation")["pos"]  # (frames, B, N, d)
         kept = traj[int(ec.burn_in * len(traj)) :]
-        sim = observables(system, kept.reshape(-1, *kept.shape[2:]))
+        sim = observables(system, kept.reshape(-1, *kept.shape[2:]), run_dir)
         metrics["sim"] = compare_2d(sim, ref, ec.bins, hist_range) | {"n": len(sim), "frames": len(kept)}
         panels["simulation"] = (sim[:, 0], sim[:, 1])
     n = metrics.get("iid", metrics.get("sim", {"n": len(ref)}))["n"]
     if cfg.data.source == "exact":  # floor: an independent exact data set of the model's size
         floor = observables(system, system.reference_samples(n, seed=10_000 + cfg.data.seed).numpy())
         metrics["floor"] = compare_2d(floor, ref, ec.bins, hist_range) | {"n": n}
+    else:  # floor: n frames of the held-out validation replicas (independent of the test replicas)
+        held_out = _load_split(cfg, "validation")
+        pick = np.random.default_rng(cfg.data.seed).permutation(len(held_out))[:n]
+        floor = observables(system, held_out[pick], run_dir)
+        metrics["floor"] = compare_2d(floor, ref, ec.bins, hist_range) | {"n": len(pick), "source": "validation"}
     contours = None
     if system.potential is not None and system.dim == 2 and hist_range is not None:
         xs = [np.linspace(lo, hi, 200) for lo, hi in hist_range]
@@ -224,7 +261,9 @@ def evaluate(cfg: RunConfig) -> dict:
         with torch.no_grad():
             u = system.potential.energy(torch.as_tensor(grid.reshape(-1, 1, 2))).numpy().reshape(200, 200)
         contours = (grid[..., 0], grid[..., 1], np.minimum(u - u.min(), 8 * system.kT))
-    density_panels(panels, run_dir / "density.png", ec.bins, hist_range, contours, title=f"{system.name}: {run_dir.name}")
+    labels = list(system.collective_variables)[:2] if system.collective_variables else ["x", "y"]
+    density_panels(panels, run_dir / "density.png", ec.bins, hist_range, contours,
+                   title=f"{system.name}: {run_dir.name}", xlabel=labels[0], ylabel=labels[1])  # fmt: skip
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
