@@ -8,6 +8,7 @@ from ase.calculators.test import gradient_test
 
 from molscore.interfaces.ase_calculator import KJ_PER_MOL, NM, MolscoreCalculator
 from molscore.models import ModelSpec
+from molscore.train.estimator import ScoreEstimator, TrainConfig
 
 
 def small_model(n=5):
