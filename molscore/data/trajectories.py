@@ -1,5 +1,8 @@
 """Reading MD trajectories through mdtraj, with checks that name the problem and the fix."""
 
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import mdtraj
@@ -32,7 +35,8 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
     parts = []
     for f in files:
         try:
-            parts.append(mdtraj.load(str(f), top=top, stride=stride, atom_indices=atom_indices))
+            with silenced_stdout():
+                parts.append(mdtraj.load(str(f), top=top, stride=stride, atom_indices=atom_indices))
         except ValueError as err:
             if "atoms" in str(err).lower() or "topology" in str(err).lower():
                 raise ValueError(
@@ -52,3 +56,18 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
             "remove them or regenerate the data"
         )
     return traj
+
+
+@contextmanager
+def silenced_stdout():
+    """Silence file descriptor 1 for the duration: mdtraj's DCD reader (VMD's dcdplugin, C code) prints two
+    lines per file to it, bypassing ``sys.stdout``. Python-level errors still propagate."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

@@ -247,13 +247,10 @@ def replica_files(out_dir: str | Path) -> list[list[Path]]:
 
 def load_md(out_dir: str | Path, stride: int = 1) -> list["mdtraj.Trajectory"]:
     """Load every replica as its own trajectory (frames in nm), keeping every ``stride``-th frame."""
-    import mdtraj
+    from molscore.data.trajectories import load_frames
 
     out_dir = Path(out_dir)
-    files = replica_files(out_dir)
-    top = mdtraj.load_topology(str(out_dir / "topology.pdb"))
-    joined = [mdtraj.join([mdtraj.load_dcd(str(f), top=top) for f in chunks], check_topology=False) for chunks in files]
-    return [traj[::stride] for traj in joined]
+    return [load_frames(chunks, out_dir / "topology.pdb", stride=stride) for chunks in replica_files(out_dir)]
 
 
 # ---- one replica, run in a worker process (or in this one when processes == 1) ----

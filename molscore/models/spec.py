@@ -7,8 +7,9 @@ from torch import nn
 
 from molscore.models.mlp import MLP
 from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
+from molscore.nn import EquivariantGNN
 
-NETWORKS = {"mlp": MLP}
+NETWORKS = {"mlp": MLP, "gnn": EquivariantGNN}
 """Network constructors by name; each takes (n_particles, dim, output=..., **network_options)."""
 
 

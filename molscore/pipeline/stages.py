@@ -4,8 +4,9 @@ and its resolved config (with seed and package version) beside them, and can be 
 run_dir/
   data/{train,validation,test}.npy      frames (M, N, d), nm
   model.safetensors, train/             trained model (EMA weights); checkpoint.pt, history.csv, loss.png
-  samples_<method>.npy                  diffusion samples (n, N, d), nm
-  simulation/                           Langevin trajectory chunks (+ checkpoint.pt to resume)
+  samples_<method>.npy                  diffusion samples (n, N, d), nm (molecules: also samples_<method>.dcd)
+  simulation/                           Langevin trajectory chunks (+ checkpoint.pt to resume);
+                                        molecules: simulation/dcd/replica_XXX.dcd
   metrics.json, density.png             evaluation
   config_<stage>.yaml                   resolved config of each stage
 """
@@ -33,6 +34,7 @@ from molscore.dynamics import (
     Underdamped,
     load_trajectory,
 )
+from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.models import DiffusionModel, ModelSpec
 from molscore.pipeline.config import RunConfig
 from molscore.sampling import sample as diffusion_sample
@@ -173,6 +175,9 @@ def sample(cfg: RunConfig, progress: bool = True) -> Path:
     x = diffusion_sample(_load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress)
     path = run_dir / f"samples_{sc.method}.npy"
     np.save(path, x.cpu().numpy())
+    beads = run_dir / "data" / "beads.pdb"
+    if beads.exists():  # molecules: also a standard trajectory file for viewers
+        write_trajectory(path.with_suffix(".dcd"), x.cpu().numpy(), beads)
     return path
 
 
@@ -184,8 +189,9 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     """
     run_dir, system, sc = _run_dir(cfg, "simulate"), load_system(cfg.system), cfg.simulate
     out = run_dir / "simulation"
-    dt = sc.timestep or system.settings.get("timestep")
-    friction = sc.friction or system.settings.get("friction")
+    # defaults: the system's integrator settings, else its reference MD set-up
+    dt = sc.timestep or system.settings.get("timestep") or system.md.get("timestep")
+    friction = sc.friction or system.settings.get("friction") or system.md.get("friction")
     if dt is None or friction is None:
         raise ValueError(f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)")
     if force_fn is None:
@@ -223,6 +229,10 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
             checkpoint_interval=sc.checkpoint_interval,
         )
     sim.run(max(0, sc.steps - sim.state.step), progress=progress)
+    beads = Path(cfg.run_dir) / "data" / "beads.pdb"
+    if beads.exists():  # molecules: one standard trajectory file per replica for viewers
+        traj = load_trajectory(out)
+        write_replicas(out / "dcd", traj["pos"], beads, time_ps=traj["t"])
     return out
 
 

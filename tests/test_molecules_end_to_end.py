@@ -1,0 +1,91 @@
+"""A second molecule through the whole chain with no code of its own: OpenMM MD -> data -> GNN training ->
+samples -> simulation -> metrics, with every trajectory output readable by mdtraj."""
+
+import json
+
+import mdtraj
+import numpy as np
+import pytest
+
+from molscore.analysis.collective_variables import compute_cvs
+from molscore.dynamics import load_trajectory
+from molscore.interfaces.openmm_md import generate_md, load_md
+from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
+from molscore.pipeline import load_run_config, run_all
+from molscore.system import load_system
+
+
+@pytest.fixture(scope="module")
+def valine_md(tmp_path_factory):
+    out = tmp_path_factory.mktemp("valine_md")
+    system = load_system("valine_dipeptide")
+    return generate_md(system, out, replicas=3, length_ps=30, equilibration_ps=2, chunk_frames=10, processes=1,
+                       progress=False)  # fmt: skip
+
+
+def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_path):
+    cfg = load_run_config(
+        {
+            "system": "valine_dipeptide",
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": str(valine_md), "resolution": "heavy", "n_validation_replicas": 1, "n_test_replicas": 1},
+            "model": {
+                "network": "gnn",
+                "network_options": {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e", "n_layers": 2},
+            },
+            "train": {"steps": 3, "batch_size": 8, "fp_weight": 1e-3, "fp_fraction": 0.5},
+            "sample": {"n_samples": 16, "n_steps": 5},
+            "simulate": {"replicas": 3, "steps": 20, "report_interval": 5},
+        }
+    )
+    metrics = run_all(cfg, progress=False)
+    run = tmp_path / "run"
+    beads = mdtraj.load_topology(str(run / "data" / "beads.pdb"))
+    assert beads.n_atoms == 12  # valine dipeptide heavy atoms: 6 (caps) + 7 (VAL) - 1 (NME has C and N only)
+    assert np.load(run / "data" / "train.npy").shape[1:] == (12, 3)
+    for key in ("iid", "sim", "floor"):
+        assert np.isfinite(metrics[key]["js"]) and 0 <= metrics[key]["js"] <= np.log(2) + 1e-12
+    frames = load_trajectory(run / "simulation")["pos"]  # (5, 3, 12, 3): the start and every 5th step
+    assert frames.shape == (5, 3, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
+    samples = mdtraj.load(str(run / "samples_sde.dcd"), top=beads)
+    np.testing.assert_allclose(samples.xyz, np.load(run / "samples_sde.npy"), atol=1e-5)
+    replicas = sorted((run / "simulation" / "dcd").glob("replica_*.dcd"))
+    assert len(replicas) == 3
+    np.testing.assert_allclose(mdtraj.load(str(replicas[2]), top=beads).xyz, frames[:, 2], atol=1e-5)
+
+
+def test_md_dihedrals_match_mdtraj_on_the_raw_files(valine_md):
+    system = load_system("valine_dipeptide")
+    replicas = load_md(valine_md)
+    assert [t.n_frames for t in replicas] == [30, 30, 30] and replicas[0].n_atoms == 28
+    ours = compute_cvs(replicas[0].xyz, replicas[0].topology, system.collective_variables)
+    _, phi = mdtraj.compute_phi(replicas[0])
+    _, psi = mdtraj.compute_psi(replicas[0])
+    np.testing.assert_allclose(ours[:, 0], phi[:, 0], atol=1e-5)
+    np.testing.assert_allclose(ours[:, 1], psi[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".dcd", ".xtc", ".h5", ".pdb"])
+def test_trajectory_writers_round_trip(valine_md, tmp_path, suffix):
+    if suffix == ".h5":
+        pytest.importorskip("tables")
+    traj = load_md(valine_md)[0][:5]
+    path = write_trajectory(tmp_path / f"frames{suffix}", traj.xyz, traj.topology)
+    back = mdtraj.load(str(path), top=traj.topology)
+    atol = 1e-3 if suffix in (".xtc", ".pdb") else 1e-6  # XTC and PDB store 3 decimals (of nm, of Angstrom)
+    np.testing.assert_allclose(back.xyz, traj.xyz, atol=atol)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_trajectory_writers_reject_bad_input(valine_md, tmp_path):
+    traj = load_md(valine_md)[0][:2]
+    with pytest.raises(ValueError, match="do not match the topology"):
+        write_trajectory(tmp_path / "x.dcd", traj.xyz[:, :5], traj.topology)
+    bad = traj.xyz.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        write_trajectory(tmp_path / "x.dcd", bad, traj.topology)
+    with pytest.raises(ValueError, match="unknown trajectory format"):
+        write_trajectory(tmp_path / "x.mp4", traj.xyz, traj.topology)
+    with pytest.raises(ValueError, match="frames, B, N, 3"):
+        write_replicas(tmp_path, traj.xyz, traj.topology)
