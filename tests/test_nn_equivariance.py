@@ -340,3 +340,21 @@ def test_invariant_model_cannot_tell_mirror_images_apart():
     for seed in range(3):
         e_x, e_mirror = net(rotated_pair(seed), t).detach()
         assert abs(e_mirror - e_x) < TOL
+
+
+def test_float64_models_built_from_float32_default_keep_full_precision():
+    """e3nn computes constants at construction: build_score_model(dtype=float64) must build in float64 even
+    when torch's default is float32 (as when a saved model is loaded for a float64 run)."""
+    from molscore.models.spec import ModelSpec, build_score_model
+
+    spec = ModelSpec(n_particles=5, dim=3, network="gnn", network_options={
+        "hidden_irreps": "8x0e+4x1o+2x2e", "lmax": 2, "n_layers": 2, "reflection": "invariant"})  # fmt: skip
+    torch.set_default_dtype(torch.float32)
+    model = build_score_model(spec, torch.float64)
+    assert torch.get_default_dtype() == torch.float32  # restored
+    torch.set_default_dtype(torch.float64)
+    x, t = frames()
+    torch.manual_seed(3)
+    rotation = o3.rand_matrix()
+    energy, rotated = model.energy(x, t), model.energy(x @ rotation.T, t)
+    assert energy.dtype == torch.float64 and (energy - rotated).abs().max() < 1e-12 * energy.abs().max().clamp_min(1)

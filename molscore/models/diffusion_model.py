@@ -115,7 +115,7 @@ class DiffusionModel(nn.Module):
         if meta.get("format") != "molscore.DiffusionModel/1":
             raise ValueError(f"{path} is not a molscore model file (metadata format {meta.get('format')!r})")
         spec = ModelSpec(**json.loads(meta["spec"]))
-        score_model = build_score_model(spec)
+        score_model = build_score_model(spec, dtype)
         score_model.load_state_dict(load_file(str(path)))
         model = cls(spec, score_model, VPSDE(**json.loads(meta["sde"])), float(meta["scale"]), float(meta["kT"]))
         return model.to(device=device, dtype=dtype)

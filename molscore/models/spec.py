@@ -3,6 +3,7 @@
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import torch
 from torch import nn
 
 from molscore.models.mlp import MLP
@@ -51,8 +52,22 @@ def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
     return wrapper(net, spec.centred)
 
 
-def build_score_model(spec: ModelSpec) -> nn.Module:
-    """Build the (untrained) score model a spec describes."""
+def build_score_model(spec: ModelSpec, dtype: torch.dtype | None = None) -> nn.Module:
+    """Build the (untrained) score model a spec describes, with parameters and constants in ``dtype``.
+
+    The network is constructed with ``dtype`` as torch's default dtype: e3nn computes some constants (change
+    of basis, normalisations) at construction, and casting a float32-built network to float64 afterwards would
+    keep them rounded to float32.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        return _build(spec).to(dtype or previous)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build(spec: ModelSpec) -> nn.Module:
     if not spec.mixture_boundaries:
         return _single(spec, spec.parameterisation)
     upper = spec.large_t_parameterisation or spec.parameterisation

@@ -75,7 +75,7 @@ class ScoreEstimator:
         self.device, self.dtype = torch.device(device), dtype
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            self.score_model = build_score_model(spec).to(self.device, dtype)
+            self.score_model = build_score_model(spec, dtype).to(self.device)
         self.ema = EMA(self.score_model, self.config.ema_decay)
         self.step, self.history = 0, {"step": [], "loss": [], "dsm": [], "fp": [], "val_step": [], "val": []}
         self.scale: float | None = None
@@ -233,7 +233,7 @@ class ScoreEstimator:
         """The trained model with EMA weights, in physical units."""
         if self.scale is None:
             raise RuntimeError("fit() has not been called: there is no trained model to fetch")
-        model = build_score_model(self.spec).to(self.device, self.dtype)
+        model = build_score_model(self.spec, self.dtype).to(self.device)
         model.load_state_dict(self.ema.shadow)
         return DiffusionModel(self.spec, model, self.sde, self.scale, self.kT)
 
