@@ -2,11 +2,12 @@
 
 The defaults make the alanine-dipeptide dataset SCIENCE.md section 4 asks for: 40 independent replicas x 5 ns
 (200 ns, 1 ps frames, 1 fs timestep, no constraints, OBC implicit solvent, 300 K) after 100 ps equilibration
-each. Measured on 2 CPU cores (Reference platform): about 5,300 ns/day with 2 processes, so about an hour.
+each. Measured on 2 CPU cores (Reference platform): about 2,900 ns/day with 2 processes (1,450 per process),
+so about 1 h 45 min on an otherwise idle machine.
 Rerunning the same command resumes a killed run; more ``--replicas`` or ``--ns`` extend a finished one.
 
-    python workflows/generate_md.py --system alanine_dipeptide                 # ~1 h on 2 cores -> data/alanine_dipeptide
-    python workflows/generate_md.py --system alanine_dipeptide --quick         # ~40 s -> data/alanine_dipeptide_quick
+    python workflows/generate_md.py --system alanine_dipeptide                 # ~1 h 45 min on 2 cores -> data/alanine_dipeptide
+    python workflows/generate_md.py --system alanine_dipeptide --quick         # ~1 min -> data/alanine_dipeptide_quick
     python workflows/generate_md.py --system alanine_dipeptide --variant vacuum --replicas 8 --ns 1
     python workflows/generate_md.py --system alanine_dipeptide --replicas 200  # extend towards 1 us
 
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"small dataset in ~40 s: {QUICK['replicas']} replicas x {QUICK['ns'] * 1000:g} ps after "
+        help=f"small dataset in ~1 min: {QUICK['replicas']} replicas x {QUICK['ns'] * 1000:g} ps after "
         f"{QUICK['equilibration_ps']:g} ps equilibration (overrides --replicas, --ns, --equilibration-ps)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
