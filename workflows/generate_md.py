@@ -6,7 +6,7 @@ each. Measured on 2 CPU cores (Reference platform): about 2,900 ns/day with 2 pr
 so about 1 h 45 min on an otherwise idle machine.
 Rerunning the same command resumes a killed run; more ``--replicas`` or ``--ns`` extend a finished one.
 
-    python workflows/generate_md.py --system alanine_dipeptide                 # ~1 h 45 min on 2 cores -> data/alanine_dipeptide
+    python workflows/generate_md.py --system alanine_dipeptide                 # ~1 h 45 min -> data/alanine_dipeptide
     python workflows/generate_md.py --system alanine_dipeptide --quick         # ~1 min -> data/alanine_dipeptide_quick
     python workflows/generate_md.py --system alanine_dipeptide --variant vacuum --replicas 8 --ns 1
     python workflows/generate_md.py --system alanine_dipeptide --replicas 200  # extend towards 1 us
