@@ -7,7 +7,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.dynamics import load_trajectory
 from molscore.interfaces.openmm_md import generate_md, load_md
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
@@ -35,7 +35,7 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
             },
             "train": {"steps": 3, "batch_size": 8, "fp_weight": 1e-3, "fp_fraction": 0.5},
             "sample": {"n_samples": 16, "n_steps": 5},
-            "simulate": {"replicas": 3, "steps": 20, "report_interval": 5},
+            "simulate": {"replicas": 3, "steps": 20, "report_interval": 5, "start": "state:beta"},
         }
     )
     metrics = run_all(cfg, progress=False)
@@ -49,6 +49,9 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     assert frames.shape == (5, 3, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
     samples = mdtraj.load(str(run / "samples_sde.dcd"), top=beads)
     np.testing.assert_allclose(samples.xyz, np.load(run / "samples_sde.npy"), atol=1e-5)
+    system = load_system("valine_dipeptide")
+    start_cvs = compute_cvs(frames[0], beads, system.collective_variables, ["phi", "psi"])
+    assert in_state(start_cvs, ["phi", "psi"], system.states["beta"]).all()  # every replica starts in the basin
     replicas = sorted((run / "simulation" / "dcd").glob("replica_*.dcd"))
     assert len(replicas) == 3
     np.testing.assert_allclose(mdtraj.load(str(replicas[2]), top=beads).xyz, frames[:, 2], atol=1e-5)
@@ -89,3 +92,26 @@ def test_trajectory_writers_reject_bad_input(valine_md, tmp_path):
         write_trajectory(tmp_path / "x.mp4", traj.xyz, traj.topology)
     with pytest.raises(ValueError, match="frames, B, N, 3"):
         write_replicas(tmp_path, traj.xyz, traj.topology)
+
+
+def test_state_membership_is_periodic_and_validated():
+    state = {"phi": 3.0, "psi": -3.0, "radius": 0.5}
+    cvs = np.array([[3.0, -3.0], [-3.1, 3.1], [3.0, 0.0], [2.6, -3.0], [2.4, -3.0]])
+    # (-3.1, 3.1) is 0.18 rad from (3, -3) across the periodic boundary; (2.4, -3) is 0.6 rad away
+    assert in_state(cvs, ["phi", "psi"], state).tolist() == [True, True, False, True, False]
+    with pytest.raises(ValueError, match="radius"):
+        in_state(cvs, ["phi", "psi"], {"phi": 0.0})
+    with pytest.raises(ValueError, match="not among"):
+        in_state(cvs, ["phi", "psi"], {"omega": 0.0, "radius": 1.0})
+
+
+def test_unknown_start_state_is_named(valine_md, tmp_path):
+    from molscore.pipeline.stages import prepare_data, simulate
+
+    data = {"source": str(valine_md), "n_validation_replicas": 1, "n_test_replicas": 1}
+    cfg = load_run_config(
+        {"system": "valine_dipeptide", "run_dir": str(tmp_path), "data": data, "simulate": {"start": "state:helix"}}
+    )
+    prepare_data(cfg)
+    with pytest.raises(ValueError, match="declares states"):
+        simulate(cfg, progress=False, force_fn=lambda x: 0 * x)

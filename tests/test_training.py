@@ -275,3 +275,27 @@ def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable molscore checkpoint"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_wall_clock_budget_stops_checkpoints_and_resumes_bit_identically(tmp_path, monkeypatch):
+    case = RESUME_CASES["energy_fp"]
+    data, val = toy_data(), toy_data(64, seed=1)
+    full = make_estimator(case).fit(data, 2.5, validation_data=val, progress=False)
+
+    clock = {"now": 0.0}  # a fake clock that advances one second per call: 12 s of budget = a few steps
+    monkeypatch.setattr(
+        "molscore.train.estimator.time.monotonic", lambda: clock.__setitem__("now", clock["now"] + 1) or clock["now"]
+    )
+    budgeted = make_estimator(case)
+    budgeted.config.max_minutes = 0.2
+    budgeted.fit(data, 2.5, validation_data=val, checkpoint_dir=tmp_path, progress=False)
+    assert budgeted.stopped_early and 0 < budgeted.step < 40
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == budgeted.step  # checkpointed where it stopped
+    assert budgeted.train_seconds > 0
+
+    resumed = make_estimator(case)  # no budget: continues to the planned steps
+    resumed.fit(data, 2.5, validation_data=val, checkpoint_dir=tmp_path, progress=False)
+    assert not resumed.stopped_early and resumed.step == 40
+    assert resumed.train_seconds >= budgeted.train_seconds  # summed over both calls
+    for key, value in full.score_model.state_dict().items():
+        assert torch.equal(resumed.score_model.state_dict()[key], value), key

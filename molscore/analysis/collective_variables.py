@@ -43,3 +43,33 @@ def compute_cvs(positions, topology: mdtraj.Topology, cvs: dict, names=None) -> 
         raise ValueError("this system declares no collective variables")
     quartets = np.stack([cv_atom_indices(topology, cvs[n]) for n in names])
     return mdtraj.compute_dihedrals(traj, quartets)
+
+
+def in_state(cv_values, names, state: dict) -> np.ndarray:
+    """Which frames lie in a state declared as ``{cv name: centre (rad), ..., "radius": rad}``.
+
+    A frame is in the state when the Euclidean norm of its periodic (dihedral) distances to the centre,
+    over the CVs the state names, is below ``radius``.
+
+    Parameters
+    ----------
+    cv_values : (n_frames, n_cvs) in rad, columns in the order of ``names``
+    names : CV names of the columns
+    state : the state's declaration from the system's ``states``
+
+    Returns
+    -------
+    ndarray (n_frames,) bool
+    """
+    cv_values, names = np.asarray(cv_values), list(names)
+    centres = {k: v for k, v in state.items() if k != "radius"}
+    if "radius" not in state or not centres:
+        raise ValueError(f"state {state} must give a centre for at least one CV and a 'radius' (rad)")
+    missing = [k for k in centres if k not in names]
+    if missing:
+        raise ValueError(f"state uses CVs {missing} that are not among the computed ones {names}")
+    sq = np.zeros(len(cv_values))
+    for name, centre in centres.items():
+        delta = cv_values[:, names.index(name)] - float(centre)
+        sq += (np.arctan2(np.sin(delta), np.cos(delta))) ** 2  # periodic difference in [-pi, pi]
+    return np.sqrt(sq) < float(state["radius"])

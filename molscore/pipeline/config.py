@@ -59,7 +59,9 @@ class SimulateConfig:
 
     timestep, friction : ps and 1/ps; None takes the system's defaults
     t_eval : diffusion time of the force field (None: t_min; > 0 gives the "Two for One" force field)
-    start : "data" (replicas start from random training frames) or "first" (all from the first frame)
+    start : "data" (replicas start from random training frames), "first" (all from the first frame) or
+        "state:NAME" (random training frames inside the system's state NAME, e.g. "state:C7eq", so that
+        equilibrium between states must be reached by the dynamics itself)
     report_interval : steps between saved frames
     """
 
@@ -68,7 +70,7 @@ class SimulateConfig:
     timestep: float | None = None
     friction: float | None = None
     t_eval: float | None = None
-    start: Literal["data", "first"] = "data"
+    start: str = "data"
     report_interval: int = 50
     chunk_frames: int = 100
     checkpoint_interval: int = 1000

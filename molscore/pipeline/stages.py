@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.analysis.distributions import compare_2d
 from molscore.analysis.plots import density_panels, line_plot
 from molscore.config import dump_config
@@ -42,6 +42,8 @@ from molscore.system import System, load_system
 from molscore.train.estimator import ScoreEstimator
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MD_FORMATS = (".dcd", ".xtc", ".h5")
+"""Trajectory chunk formats an MD folder may hold (``replica_*/chunk_*.dcd`` from generate_md, or exports)."""
 
 
 def _run_dir(cfg: RunConfig, stage: str) -> Path:
@@ -71,9 +73,11 @@ def observables(system: System, pos, run_dir: Path | None = None) -> np.ndarray:
 
 def _md_replica_files(folder: Path) -> list[list[Path]]:
     replicas = sorted(p for p in folder.glob("replica_*") if p.is_dir())
-    files = [sorted(r.glob("chunk_*.dcd")) for r in replicas]
+    files = [sorted(f for f in r.glob("chunk_*") if f.suffix in MD_FORMATS) for r in replicas]
     if not files or not all(files):
-        raise FileNotFoundError(f"{folder} holds no complete replica_*/chunk_*.dcd; run workflows/generate_md.py")
+        raise FileNotFoundError(
+            f"{folder} holds no complete replica_*/chunk_*{{{','.join(MD_FORMATS)}}}; run workflows/generate_md.py"
+        )
     return files
 
 
@@ -130,9 +134,13 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
 
 
 def bead_masses(cfg: RunConfig, system: System) -> torch.Tensor:
-    """Masses of the run's beads, amu (atom masses of the selected atoms)."""
-    beads = _beads(cfg)
-    return system.masses if beads is None else system.masses[beads["indices"]]
+    """Masses of the run's beads, amu: element masses of the bead topology (``data/beads.pdb``), so MD folders
+    holding a subset of the atoms (e.g. heavy atoms only) work too; the system's masses otherwise."""
+    path = Path(cfg.run_dir) / "data" / "beads.pdb"
+    if not path.exists():
+        return system.masses
+    topology = mdtraj.load_topology(str(path))
+    return torch.tensor([atom.element.mass for atom in topology.atoms], dtype=torch.float64)
 
 
 def train(cfg: RunConfig, progress: bool = True) -> Path:
@@ -160,6 +168,13 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
         title=f"{system.name}: training",
         logy=True,
     )
+    summary = {
+        "steps": est.step, "steps_planned": cfg.train.steps, "train_seconds": round(est.train_seconds, 1),
+        "stopped_early": est.stopped_early, "final_validation_dsm": h["val"][-1] if h["val"] else None,
+    }  # fmt: skip
+    (run_dir / "train" / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    if est.stopped_early:
+        print(f"training stopped by max_minutes at step {est.step} of {cfg.train.steps}; rerun to resume")
     return est.fetch_model().save(run_dir / "model.safetensors")
 
 
@@ -214,9 +229,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
             checkpoint_interval=sc.checkpoint_interval,
         )
     else:
-        train_frames = _load_split(cfg, "train")
-        pick = np.random.default_rng(sc.seed).integers(len(train_frames), size=sc.replicas)
-        start = train_frames[pick] if sc.start == "data" else np.repeat(train_frames[:1], sc.replicas, 0)
+        start = _start_frames(cfg, system)
         state = State(torch.as_tensor(start, dtype=dtype, device=device))
         sim = Simulation(
             term,
@@ -234,6 +247,27 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
         traj = load_trajectory(out)
         write_replicas(out / "dcd", traj["pos"], beads, time_ps=traj["t"])
     return out
+
+
+def _start_frames(cfg: RunConfig, system: System) -> np.ndarray:
+    """Initial positions (replicas, N, d) nm of a simulation, from ``simulate.start``."""
+    sc, frames = cfg.simulate, _load_split(cfg, "train")
+    rng = np.random.default_rng(sc.seed)
+    if sc.start == "first":
+        return np.repeat(frames[:1], sc.replicas, 0)
+    if sc.start.startswith("state:"):
+        name = sc.start.split(":", 1)[1]
+        if name not in system.states:
+            raise ValueError(f"simulate.start {sc.start!r}: system {system.name!r} declares states {list(system.states)}")
+        names = list(system.collective_variables)
+        topology = mdtraj.load_topology(str(_need(Path(cfg.run_dir) / "data" / "beads.pdb", "data")))
+        inside = in_state(compute_cvs(frames, topology, system.collective_variables, names), names, system.states[name])
+        if not inside.any():
+            raise ValueError(f"no training frame lies in state {name!r}; check its centre and radius in system.yaml")
+        frames = frames[inside]
+    elif sc.start != "data":
+        raise ValueError(f"simulate.start must be 'data', 'first' or 'state:NAME', got {sc.start!r}")
+    return frames[rng.integers(len(frames), size=sc.replicas)]
 
 
 # evaluate ------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ small-t energy expert). Every step draws its batch, times and noise from a gener
 """
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class TrainConfig:
     fp_step : finite-difference step of the Hutchinson divergence, relative to sigma(t)
     expert_step_fractions : relative step counts of the experts, from the LARGEST-t expert down
     scale : data scale in nm (None: the std of the centred training data)
+    max_minutes : wall-clock budget of one ``fit`` call; when it runs out, training checkpoints and stops
+        (``stopped_early`` is set) and a later call resumes towards ``steps``
     """
 
     steps: int = 10_000
@@ -49,6 +52,7 @@ class TrainConfig:
     scale: float | None = None
     checkpoint_every: int = 1000
     validation_every: int = 500
+    max_minutes: float | None = None
     seed: int = 0
 
 
@@ -81,6 +85,8 @@ class ScoreEstimator:
         self.scale: float | None = None
         self.kT: float | None = None
         self.skipped_steps = 0
+        self.stopped_early = False
+        self.train_seconds = 0.0  # wall-clock time spent in training steps, summed over resumed calls
         self._optimizer, self._optimizer_stage = None, None
         n = spec.n_particles - 1 if spec.centred else spec.n_particles
         self.n_dof = spec.dim * n
@@ -165,8 +171,17 @@ class ScoreEstimator:
         if ckpt is not None and ckpt.is_file():
             self._restore(load_checkpoint(ckpt, self.device))
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+        self.stopped_early = False
         while self.step < cfg.steps:
+            if deadline is not None and time.monotonic() > deadline:
+                self.stopped_early = True
+                if ckpt is not None:
+                    save_checkpoint(self._state(), ckpt)
+                break
+            began = time.perf_counter()
             self._train_step(x_data)
+            self.train_seconds += time.perf_counter() - began
             if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
                 self.history["val_step"].append(self.step)
                 self.history["val"].append(self.validation_loss(x_val))
@@ -244,6 +259,7 @@ class ScoreEstimator:
             "scale": self.scale,
             "kT": self.kT,
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
             "model": self.score_model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
@@ -258,6 +274,7 @@ class ScoreEstimator:
             raise ValueError("the checkpoint was written for another model spec; use a fresh checkpoint_dir")
         self.step, self.scale, self.kT = state["step"], state["scale"], state["kT"]
         self.skipped_steps, self.history = state["skipped_steps"], state["history"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.score_model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         if state["optimizer"] is not None:
