@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from molscore.analysis.plots import density_panels, line_plot
+from molscore.analysis.plots import density_panels, line_plot, ramachandran_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -60,3 +60,36 @@ def test_line_plot_writes_png(tmp_path):
     assert _is_png(out)
     with pytest.raises(ValueError, match="lengths differ"):
         line_plot({"a": ([1, 2], [1])}, tmp_path / "bad.png", "x", "y")
+
+
+def test_line_plot_error_bands_and_nan_gaps(tmp_path):
+    x = np.linspace(-np.pi, np.pi, 64)
+    f = 1 - np.cos(x)
+    f[10:12] = np.nan  # empty bins of a free-energy profile
+    out = line_plot(
+        {"MD": (x, f), "model": (x, f + 0.1)},
+        tmp_path / "profile.png",
+        "phi (rad)",
+        "F (kT)",
+        errors={"MD": np.full(64, 0.05)},
+    )
+    assert _is_png(out)
+    with pytest.raises(ValueError, match="do not exist"):
+        line_plot({"a": (x, f)}, tmp_path / "e.png", "x", "y", errors={"b": f})
+
+
+def test_ramachandran_rows_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def angles(n, shift=0.0):
+        return (rng.vonmises(-1.4 + shift, 4.0, n), rng.vonmises(1.2, 4.0, n))
+
+    rows = {
+        "no FP": {"MD": angles(5000), "samples": angles(2000, 0.2), "simulation": angles(2000, 0.5)},
+        "FP": {"MD": angles(5000), "samples": torch.tensor(np.stack(angles(2000)))},  # no simulation: n/a panel
+    }
+    out = ramachandran_rows(rows, tmp_path / "rama" / "ramachandran.png", bins=32, title="alanine dipeptide")
+    assert _is_png(out) and out.stat().st_size > 10_000
+    assert [p.name for p in out.parent.iterdir()] == ["ramachandran.png"]
+    with pytest.raises(ValueError, match="non-empty"):
+        ramachandran_rows({"a": {}}, tmp_path / "x.png")

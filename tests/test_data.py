@@ -6,6 +6,7 @@ import pytest
 
 from molscore.analysis.collective_variables import compute_cvs
 from molscore.data import load_frames, select_beads
+from molscore.data.resolution import RESOLUTIONS
 from molscore.data.splits import split_replicas
 from molscore.pipeline import load_run_config, stages
 from molscore.system import load_system
@@ -73,6 +74,20 @@ def test_pipeline_phi_psi_equal_mdtraj_on_the_raw_files(tmp_path, resolution):
         expected.append(np.stack([mdtraj.compute_phi(raw)[1][:, 0], mdtraj.compute_psi(raw)[1][:, 0]], 1))
     np.testing.assert_array_equal(cvs, np.concatenate(expected))
     assert test.shape[1] == {"backbone": 5, "heavy": 10, "all": 22}[resolution]
+    # beads.pdb reads back with the bonds of the full topology between beads (no renumbering artefacts)
+    beads = mdtraj.load_topology(str(data / "beads.pdb"))
+    full = mdtraj.load_topology(str(md / "topology.pdb"))
+    kept = full.select(RESOLUTIONS[resolution])
+    expected_bonds = {(int(np.flatnonzero(kept == a.index)[0]), int(np.flatnonzero(kept == b.index)[0]))
+                      for a, b in full.bonds if a.index in kept and b.index in kept}  # fmt: skip
+    assert {tuple(sorted((a.index, b.index))) for a, b in beads.bonds} == {tuple(sorted(b)) for b in expected_bonds}
+
+
+def test_stride_runs_over_the_concatenated_chunks(tmp_path):
+    md = fake_md(tmp_path / "md", n_replicas=1, n_frames=20)  # two chunks of 10 frames
+    files = sorted((md / "replica_000").glob("*.dcd"))
+    whole = load_frames(files, md / "topology.pdb")
+    np.testing.assert_array_equal(load_frames(files, md / "topology.pdb", stride=3).xyz, whole.xyz[::3])
 
 
 def test_splits_hold_out_whole_replicas_reproducibly(tmp_path):

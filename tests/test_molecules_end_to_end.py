@@ -6,12 +6,14 @@ import json
 import mdtraj
 import numpy as np
 import pytest
+import yaml
 
 from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.dynamics import load_trajectory
 from molscore.interfaces.openmm_md import generate_md, load_md
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.pipeline import load_run_config, run_all
+from molscore.pipeline.stages import prepare_data
 from molscore.system import load_system
 
 
@@ -106,7 +108,7 @@ def test_state_membership_is_periodic_and_validated():
 
 
 def test_unknown_start_state_is_named(valine_md, tmp_path):
-    from molscore.pipeline.stages import prepare_data, simulate
+    from molscore.pipeline.stages import simulate
 
     data = {"source": str(valine_md), "n_validation_replicas": 1, "n_test_replicas": 1}
     cfg = load_run_config(
@@ -115,3 +117,22 @@ def test_unknown_start_state_is_named(valine_md, tmp_path):
     prepare_data(cfg)
     with pytest.raises(ValueError, match="declares states"):
         simulate(cfg, progress=False, force_fn=lambda x: 0 * x)
+
+
+def test_exported_copy_is_an_md_folder_with_the_same_beads(valine_md, tmp_path):
+    from molscore.data.export import export_md
+
+    copy = export_md(valine_md, tmp_path / "copy", resolution="heavy", stride=3, fmt=".xtc")
+    original, reduced = load_md(valine_md), load_md(copy)
+    assert reduced[0].n_atoms == 12 and [t.n_frames for t in reduced] == [10, 10, 10]
+    heavy = original[1].topology.select("not element H")
+    np.testing.assert_allclose(reduced[1].xyz, original[1].xyz[::3][:, heavy], atol=6e-4)  # XTC: 0.001 nm grid
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    assert manifest["export"]["frame_interval_ps"] == 3.0 and manifest["system"] == "valine_dipeptide"
+    # the pipeline reads the copy as it reads the original: backbone beads are a subset of the heavy atoms
+    for folder, name, stride in ((valine_md, "a", 3), (copy, "b", 1)):
+        cfg = load_run_config({"system": "valine_dipeptide", "run_dir": str(tmp_path / name),
+                               "data": {"source": str(folder), "resolution": "backbone", "stride": stride,
+                                        "n_validation_replicas": 1, "n_test_replicas": 1}})  # fmt: skip
+        prepare_data(cfg)
+    np.testing.assert_allclose(np.load(tmp_path / "b/data/train.npy"), np.load(tmp_path / "a/data/train.npy"), atol=6e-4)

@@ -10,6 +10,8 @@ Rerunning the same command resumes a killed run; more ``--replicas`` or ``--ns``
     python workflows/generate_md.py --system alanine_dipeptide --quick         # ~1 min -> data/alanine_dipeptide_quick
     python workflows/generate_md.py --system alanine_dipeptide --variant vacuum --replicas 8 --ns 1
     python workflows/generate_md.py --system alanine_dipeptide --replicas 200  # extend towards 1 us
+    python workflows/generate_md.py --system alanine_dipeptide --export systems/alanine_dipeptide/reference_md \
+        --export-resolution heavy --export-stride 5                          # the copy shipped with the system
 
 Output: ``<out>/topology.pdb``, ``<out>/replica_XXX/chunk_XXXXXX.dcd``, ``<out>/manifest.yaml`` and
 ``<out>/timing.yaml`` (see :mod:`molscore.interfaces.openmm_md`).
@@ -18,6 +20,7 @@ Output: ``<out>/topology.pdb``, ``<out>/replica_XXX/chunk_XXXXXX.dcd``, ``<out>/
 import argparse
 from pathlib import Path
 
+from molscore.data.export import export_md
 from molscore.interfaces.openmm_md import generate_md, replica_files
 from molscore.system import load_system
 
@@ -43,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"{QUICK['equilibration_ps']:g} ps equilibration (overrides --replicas, --ns, --equilibration-ps)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--export", type=Path, default=None, help="also write a reduced copy of the data to this folder")
+    parser.add_argument("--export-resolution", default="heavy", help="atoms of the copy: all, heavy, backbone, calpha")
+    parser.add_argument("--export-stride", type=int, default=1, help="keep every n-th frame in the copy")
+    parser.add_argument("--export-format", default=".xtc", help="format of the copy: .xtc (default), .dcd or .h5")
     args = parser.parse_args(argv)
     if args.quick:
         args.replicas, args.ns = QUICK["replicas"], QUICK["ns"]
@@ -69,6 +76,9 @@ def main(argv=None) -> Path:
         progress=not args.no_progress,
     )
     print(f"{out}: {len(replica_files(out))} replica(s) of {args.ns:g} ns; topology {out / 'topology.pdb'}")
+    if args.export is not None:
+        copy = export_md(out, args.export, args.export_resolution, args.export_stride, args.export_format)
+        print(f"{copy}: {args.export_resolution} atoms, every {args.export_stride} frame(s), {args.export_format}")
     return out
 
 

@@ -127,24 +127,33 @@ def integrated_autocorrelation_time(series, c: float = 5.0) -> float:
     float
         tau_int in frames (1 for uncorrelated frames).
     """
+    tau, converged = tau_with_window(series, c)
+    if not converged:
+        n = sum(np.asarray(x).size for x in _as_series(series))
+        warnings.warn(
+            f"series too short for Sokal's window (c = {c}): tau_int >= {tau:.1f} frames is a lower bound from "
+            f"{n} frames; run longer or use more replicas",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return tau
+
+
+def tau_with_window(series, c: float = 5.0) -> tuple[float, bool]:
+    """As :func:`integrated_autocorrelation_time` without the warning: ``(tau_int, converged)``, where
+    ``converged`` is False when no Sokal window fits in the data and tau_int is a lower bound."""
     if not c > 0:
         raise ValueError(f"window factor c must be positive, got {c}")
     parts = _as_series(series)
     if _is_constant(parts):
-        return 1.0
+        return 1.0, True
     rho = _pooled_autocovariance(parts)
     rho = rho / rho[0]
     taus = 2.0 * np.cumsum(rho) - 1.0  # taus[M] = 1 + 2 sum_{k=1}^{M} rho(k)
     ok = np.flatnonzero(np.arange(taus.size) >= c * taus)
     if ok.size == 0:
-        warnings.warn(
-            f"series too short for Sokal's window (c = {c}): tau_int >= {taus[-1]:.1f} frames is a lower "
-            f"bound from {sum(x.size for x in parts)} frames; run longer or use more replicas",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return float(max(taus[-1], 1.0))
-    return float(max(taus[ok[0]], 1.0))
+        return float(max(taus[-1], 1.0)), False
+    return float(max(taus[ok[0]], 1.0)), True
 
 
 def effective_sample_size(series, c: float = 5.0) -> float:

@@ -14,7 +14,7 @@ import mdtraj
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from molscore.analysis.autocorrelation import integrated_autocorrelation_time, series_by_replica
+from molscore.analysis.autocorrelation import series_by_replica, tau_with_window
 from molscore.analysis.distributions import Range2D, _check_xy, _default_range, compare_2d
 
 
@@ -43,7 +43,8 @@ def basin_population(phi, replica=None, threshold: float = 0.0) -> dict:
     -------
     dict
         ``p``, ``err``, ``n_frames``, ``n_replicas``, ``method`` ("binomial", "replicas" or "autocorrelation"),
-        and with replicas ``err_autocorr`` and ``tau`` (frames, of the indicator).
+        and with replicas ``err_autocorr``, ``tau`` (frames, of the indicator) and ``tau_converged`` (False:
+        replicas shorter than ~5 tau, so tau and ``err_autocorr`` are lower bounds).
     """
     phi = np.asarray(phi, dtype=np.float64)
     if phi.ndim != 1 or phi.size == 0:
@@ -55,8 +56,8 @@ def basin_population(phi, replica=None, threshold: float = 0.0) -> dict:
     if replica is None:
         return {"p": p, "err": float(np.sqrt(p * (1 - p) / n)), "n_frames": n, "n_replicas": None, "method": "binomial"}
     parts = series_by_replica(ind, replica)
-    tau = integrated_autocorrelation_time(parts)
-    out = {"p": p, "n_frames": n, "n_replicas": len(parts), "tau": tau}
+    tau, converged = tau_with_window(parts)
+    out = {"p": p, "n_frames": n, "n_replicas": len(parts), "tau": tau, "tau_converged": converged}
     out["err_autocorr"] = float(np.sqrt(p * (1 - p) * tau / n))
     if len(parts) == 1:
         return out | {"err": out["err_autocorr"], "method": "autocorrelation"}

@@ -55,6 +55,16 @@ def _panel_histogram(x, y, bins: int | Sequence[int], range: Range2D) -> np.ndar
     return (counts / inside if inside > 0 else counts).reshape(int(bx), int(by))
 
 
+def _free_energy_images(images: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    """-log p of each histogram (NaN where empty), shifted so the minimum over all of them is 0; and the maximum."""
+    with np.errstate(divide="ignore"):
+        images = {k: np.where(p > 0, -np.log(p), np.nan) for k, p in images.items()}
+    finite = [im[np.isfinite(im)] for im in images.values() if np.isfinite(im).any()]
+    vmin = min(f.min() for f in finite) if finite else 0.0
+    vmax = max((f.max() - vmin for f in finite), default=1.0)
+    return {k: im - vmin for k, im in images.items()}, (vmax if vmax > 0 else 1.0)
+
+
 def _bounding_box(x, y) -> Range2D:
     x, y = _as_numpy(x), _as_numpy(y)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -116,12 +126,7 @@ def density_panels(
 
     images = {name: _panel_histogram(x, y, bins, range) for name, (x, y) in panels.items()}
     if log:
-        with np.errstate(divide="ignore"):
-            images = {k: np.where(p > 0, -np.log(p), np.nan) for k, p in images.items()}
-        finite = [im[np.isfinite(im)] for im in images.values() if np.isfinite(im).any()]
-        vmin = min(f.min() for f in finite) if finite else 0.0
-        images = {k: im - vmin for k, im in images.items()}
-        vmax = max((f.max() - vmin for f in finite), default=1.0)
+        images, vmax = _free_energy_images(images)
         label = "free energy (kT)"
     else:
         vmax = max(float(im.max()) for im in images.values()) or 1.0
@@ -178,8 +183,9 @@ def line_plot(
     title: str | None = None,
     logx: bool = False,
     logy: bool = False,
+    errors: dict[str, object] | None = None,
 ) -> Path:
-    """Curves on one set of axes (loss curves, autocorrelations, metric against training step).
+    """Curves on one set of axes (loss curves, autocorrelations, free-energy profiles, populations in time).
 
     Parameters
     ----------
@@ -193,6 +199,9 @@ def line_plot(
         Axes title.
     logx, logy : bool
         Logarithmic axes.
+    errors : dict[str, array (n,)], optional
+        Label -> standard error of that curve, drawn as a +-1 error band. NaN values (e.g. empty bins of a
+        free-energy profile) leave gaps.
 
     Returns
     -------
@@ -201,6 +210,8 @@ def line_plot(
     """
     if not series:
         raise ValueError("series is empty; pass e.g. {'train loss': (steps, values)}")
+    if errors and set(errors) - set(series):
+        raise ValueError(f"errors name series that do not exist: {sorted(set(errors) - set(series))}")
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -208,11 +219,83 @@ def line_plot(
         x, y = _as_numpy(x).ravel(), _as_numpy(y).ravel()
         if x.shape != y.shape:
             raise ValueError(f"series {name!r}: x and y lengths differ ({x.size} vs {y.size})")
-        ax.plot(x, y, label=name, lw=1.2)
+        (line,) = ax.plot(x, y, label=name, lw=1.2)
+        if errors is not None and name in errors:
+            e = _as_numpy(errors[name]).ravel()
+            if e.shape != y.shape:
+                raise ValueError(f"errors of series {name!r} have {e.size} values for {y.size} points")
+            ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.25, lw=0)
     ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
+    return _save_atomic(fig, path)
+
+
+def ramachandran_rows(
+    rows: dict[str, dict[str, tuple]],
+    path: str | os.PathLike,
+    bins: int = 64,
+    title: str | None = None,
+    labels: tuple[str, str] = ("phi (rad)", "psi (rad)"),
+) -> Path:
+    """Ramachandran free-energy grid: one row per model variant, one column per data source, one colour scale.
+
+    Parameters
+    ----------
+    rows : dict[str, dict[str, (phi (n,), psi (n,))]]
+        Row label (model variant) -> column label (e.g. "MD", "samples", "simulation") -> angles in rad.
+        Columns are the union of the rows' keys in order of first appearance; a row without a column gets an
+        empty "n/a" panel. NaN frames are dropped.
+    path : str or Path
+        Output ``.png``, written atomically.
+    bins : int
+        Bins per axis over [-pi, pi]^2.
+    title : str, optional
+        Figure title.
+    labels : (str, str)
+        Axis labels.
+
+    Returns
+    -------
+    Path
+        The written file. Colour: F = -log p in kT per bin, minimum over all panels 0, empty bins blank.
+    """
+    if not rows or not all(rows.values()):
+        raise ValueError("rows must map each variant to a non-empty {column: (phi, psi)} dict")
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    box = ((-np.pi, np.pi), (-np.pi, np.pi))
+    hists = {(r, c): _panel_histogram(*xy, bins, box) for r, row in rows.items() for c, xy in row.items()}
+    hists = {k: v for k, v in hists.items() if v.sum() > 0}
+    images, vmax = _free_energy_images(hists)
+    nrows, ncols = len(rows), len(columns)
+    fig = Figure(figsize=(3.0 * ncols + 0.9, 2.8 * nrows + 0.3), layout="constrained")
+    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    ticks, tick_labels = [-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], ["-π", "-π/2", "0", "π/2", "π"]
+    mappable = None
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            ax = grid[i, j]
+            if (r, c) in images:
+                im, extent = images[r, c].T, (-np.pi, np.pi, -np.pi, np.pi)
+                mappable = ax.imshow(
+                    im, origin="lower", extent=extent, cmap="viridis_r", vmin=0.0, vmax=vmax, interpolation="nearest"
+                )
+            else:
+                ax.text(0, 0, "n/a", ha="center", va="center", color="0.5")
+                ax.set(xlim=(-np.pi, np.pi), ylim=(-np.pi, np.pi), aspect="equal")
+            ax.set_xticks(ticks, tick_labels)
+            ax.set_yticks(ticks, tick_labels)
+            if i == 0:
+                ax.set_title(c)
+            if i == nrows - 1:
+                ax.set_xlabel(labels[0])
+            if j == 0:
+                ax.set_ylabel(f"{r}\n{labels[1]}")
+    if mappable is not None:
+        fig.colorbar(mappable, ax=grid.ravel().tolist(), label="free energy (kT)", shrink=0.9)
+    if title:
+        fig.suptitle(title)
     return _save_atomic(fig, path)

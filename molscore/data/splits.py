@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from molscore.data.resolution import Beads, select_beads
-from molscore.data.trajectories import load_frames
+from molscore.data.trajectories import load_frames, save_pdb
 
 
 def split_replicas(n_replicas: int, n_validation: int, n_test: int, seed: int) -> dict[str, list[int]]:
@@ -59,5 +59,5 @@ def write_molecular_splits(
         np.save(out_dir / f"{name}_replica.npy", np.concatenate(owner))
     (out_dir / "beads.yaml").write_text(yaml.safe_dump(beads.to_dict(), sort_keys=False))
     (out_dir / "splits.yaml").write_text(yaml.safe_dump({"seed": seed, "stride": stride, "replicas": splits}))
-    mdtraj.load(str(topology_file)).atom_slice(beads.indices).save_pdb(str(out_dir / "beads.pdb"))
+    save_pdb(mdtraj.load(str(topology_file)).atom_slice(beads.indices), out_dir / "beads.pdb")
     return beads

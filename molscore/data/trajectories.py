@@ -8,6 +8,30 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+MD_CHUNK_FORMATS = (".dcd", ".xtc", ".h5")
+"""Chunk formats of an MD folder (``generate_md`` writes DCD; exported copies XTC or HDF5)."""
+
+
+def md_replica_files(folder, skip_empty: bool = False) -> list[list[Path]]:
+    """Chunk files of each replica of an MD folder, in time order: ``files[r]`` for replica r.
+
+    An MD folder holds ``topology.pdb`` and ``replica_*/chunk_*`` in one of ``MD_CHUNK_FORMATS``. A replica
+    without chunks is an error (an unfinished run), unless ``skip_empty``.
+    """
+    folder = Path(folder)
+    if not (folder / "topology.pdb").is_file():
+        raise FileNotFoundError(f"{folder} holds no MD data (topology.pdb missing); run workflows/generate_md.py")
+    replicas = sorted(d for d in folder.glob("replica_*") if d.is_dir())
+    files = [sorted(f for f in d.glob("chunk_*") if f.suffix in MD_CHUNK_FORMATS) for d in replicas]
+    if skip_empty:
+        files = [f for f in files if f]
+    if not files or not all(files):
+        raise FileNotFoundError(
+            f"{folder}: some replica_* folders hold no chunk_* files ({'/'.join(MD_CHUNK_FORMATS)}); finish or resume "
+            "the MD run (workflows/generate_md.py) or remove them"
+        )
+    return files
+
 
 def load_frames(files, topology, stride: int = 1, frames: slice | None = None, atom_indices=None) -> mdtraj.Trajectory:
     """Load one or several trajectory files (any mdtraj format) as one trajectory.
@@ -16,7 +40,7 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
     ----------
     files : path or list of paths (DCD, XTC, HDF5, PDB, ...), concatenated in order
     topology : structure file (PDB) or mdtraj.Topology matching every file
-    stride : keep every ``stride``-th frame
+    stride : keep every ``stride``-th frame of the concatenated files
     frames : frame range applied after concatenation and stride, e.g. ``slice(1000, None)``
     atom_indices : load only these atoms (array of int)
 
@@ -32,11 +56,16 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.load_topology(str(topology))
-    parts = []
+    parts, seen = [], 0
     for f in files:
         try:
             with silenced_stdout():
-                parts.append(mdtraj.load(str(f), top=top, stride=stride, atom_indices=atom_indices))
+                part = mdtraj.load(str(f), top=top, atom_indices=atom_indices)
+            # stride over the concatenation, not per file: keep global frames 0, stride, 2 stride, ...
+            kept = part[(-seen) % stride :: stride]
+            seen += part.n_frames
+            if kept.n_frames:
+                parts.append(kept)
         except ValueError as err:
             if "atoms" in str(err).lower() or "topology" in str(err).lower():
                 raise ValueError(
@@ -44,6 +73,8 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
                     "the trajectory was written with"
                 ) from err
             raise
+    if not parts:
+        raise ValueError(f"no frames left from {len(files)} file(s) after stride {stride}")
     traj = mdtraj.join(parts, check_topology=False) if len(parts) > 1 else parts[0]
     if frames is not None:
         traj = traj[frames]
@@ -56,6 +87,22 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
             "remove them or regenerate the data"
         )
     return traj
+
+
+def save_pdb(traj: mdtraj.Trajectory, path) -> Path:
+    """Write the first frame of ``traj`` as a PDB file, atomically, with atoms numbered 1..N.
+
+    mdtraj keeps the original serial numbers of an ``atom_slice`` but writes CONECT records with the new
+    numbering, so a sliced topology would read back with wrong bonds; renumbering avoids that.
+    """
+    path = Path(path)
+    first = traj[0]
+    for atom in first.topology.atoms:
+        atom.serial = atom.index + 1
+    tmp = path.with_name(f".{path.stem}.tmp.pdb")
+    first.save_pdb(str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 @contextmanager

@@ -238,11 +238,10 @@ def generate_md(
 
 
 def replica_files(out_dir: str | Path) -> list[list[Path]]:
-    """DCD chunks of each replica in time order: ``files[r]`` for replica ``r`` (topology: ``out_dir/topology.pdb``)."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "topology.pdb").is_file():
-        raise FileNotFoundError(f"{out_dir} holds no MD data (topology.pdb missing); run generate_md first")
-    return [sorted(d.glob("chunk_*.dcd")) for d in sorted(out_dir.glob("replica_*")) if any(d.glob("chunk_*.dcd"))]
+    """Chunks of each replica that has any, in time order: ``files[r]`` (topology: ``out_dir/topology.pdb``)."""
+    from molscore.data.trajectories import md_replica_files
+
+    return md_replica_files(out_dir, skip_empty=True)
 
 
 def load_md(out_dir: str | Path, stride: int = 1) -> list["mdtraj.Trajectory"]:

@@ -25,6 +25,7 @@ from molscore.analysis.distributions import compare_2d
 from molscore.analysis.plots import density_panels, line_plot
 from molscore.config import dump_config
 from molscore.data.splits import write_molecular_splits
+from molscore.data.trajectories import md_replica_files
 from molscore.dynamics import (
     BAOAB,
     SeededNoise,
@@ -42,8 +43,6 @@ from molscore.system import System, load_system
 from molscore.train.estimator import ScoreEstimator
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-MD_FORMATS = (".dcd", ".xtc", ".h5")
-"""Trajectory chunk formats an MD folder may hold (``replica_*/chunk_*.dcd`` from generate_md, or exports)."""
 
 
 def _run_dir(cfg: RunConfig, stage: str) -> Path:
@@ -71,16 +70,6 @@ def observables(system: System, pos, run_dir: Path | None = None) -> np.ndarray:
     raise ValueError(f"system {system.name!r} declares no 2-D collective variables (collective_variables:)")
 
 
-def _md_replica_files(folder: Path) -> list[list[Path]]:
-    replicas = sorted(p for p in folder.glob("replica_*") if p.is_dir())
-    files = [sorted(f for f in r.glob("chunk_*") if f.suffix in MD_FORMATS) for r in replicas]
-    if not files or not all(files):
-        raise FileNotFoundError(
-            f"{folder} holds no complete replica_*/chunk_*{{{','.join(MD_FORMATS)}}}; run workflows/generate_md.py"
-        )
-    return files
-
-
 # data ----------------------------------------------------------------------------------------------------
 def prepare_data(cfg: RunConfig) -> Path:
     """Write train / validation / test splits to ``run_dir/data``."""
@@ -90,7 +79,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     sizes = {"train": dc.n_train, "validation": dc.n_validation, "test": dc.n_test}
     if Path(dc.source).is_dir():  # an MD folder: split by whole replicas
         folder = Path(dc.source)
-        files, topology = _md_replica_files(folder), _need(folder / "topology.pdb", "data")
+        files, topology = md_replica_files(folder), _need(folder / "topology.pdb", "data")
         write_molecular_splits(
             files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed
         )
