@@ -47,6 +47,12 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     assert np.load(run / "data" / "train.npy").shape[1:] == (12, 3)
     for key in ("iid", "sim", "floor"):
         assert np.isfinite(metrics[key]["js"]) and 0 <= metrics[key]["js"] <= np.log(2) + 1e-12
+    molecular = metrics["molecular"]
+    assert set(molecular) == {"md", "iid", "sim"} and molecular["sim"]["finite"]
+    assert 0 <= molecular["iid"]["phi_positive"]["p"] <= 1 and molecular["md"]["tau_frames"] >= 1
+    assert set(molecular["iid"]["bond_w1_nm"]) >= {"C-N", "N-CA", "CA-C"}  # heavy-atom bonds of the backbone
+    assert molecular["iid"]["floor"]["n_frames"] > 0 and (run / "molecular.png").exists()
+    assert (run / "population.png").exists()
     frames = load_trajectory(run / "simulation")["pos"]  # (5, 3, 12, 3): the start and every 5th step
     assert frames.shape == (5, 3, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
     samples = mdtraj.load(str(run / "samples_sde.dcd"), top=beads)

@@ -38,6 +38,7 @@ from molscore.dynamics import (
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.models import DiffusionModel, ModelSpec
 from molscore.pipeline.config import RunConfig
+from molscore.pipeline.molecular_evaluation import molecular_metrics
 from molscore.sampling import sample as diffusion_sample
 from molscore.system import System, load_system
 from molscore.train.estimator import ScoreEstimator
@@ -267,12 +268,13 @@ def evaluate(cfg: RunConfig) -> dict:
     hist_range = system.settings.get("histogram_range")
     ref = observables(system, _load_split(cfg, "test"), run_dir)
     metrics, panels = {}, {"reference": (ref[:, 0], ref[:, 1])}
-    samples_path = run_dir / f"samples_{cfg.sample.method}.npy"
+    samples_path, samples, kept = run_dir / f"samples_{cfg.sample.method}.npy", None, None
     if samples_path.exists():
-        iid = observables(system, np.load(samples_path), run_dir)
+        samples = np.load(samples_path)
+        iid = observables(system, samples, run_dir)
         metrics["iid"] = compare_2d(iid, ref, ec.bins, hist_range) | {"n": len(iid)}
         panels[f"samples ({cfg.sample.method})"] = (iid[:, 0], iid[:, 1])
-    if (run_dir / "simulation").exists():
+    if (run_dir / "simulation" / "chunk_000000.npz").exists():
         traj = load_trajectory(run_dir / "simulation")["pos"]  # (frames, B, N, d)
         kept = traj[int(ec.burn_in * len(traj)) :]
         sim = observables(system, kept.reshape(-1, *kept.shape[2:]), run_dir)
@@ -287,6 +289,11 @@ def evaluate(cfg: RunConfig) -> dict:
         pick = np.random.default_rng(cfg.data.seed).permutation(len(held_out))[:n]
         floor = observables(system, held_out[pick], run_dir)
         metrics["floor"] = compare_2d(floor, ref, ec.bins, hist_range) | {"n": len(pick), "source": "validation"}
+    if system.collective_variables and (run_dir / "data" / "test_replica.npy").exists():
+        split = {name: (_load_split(cfg, name), _load_split(cfg, f"{name}_replica")) for name in ("test", "validation")}
+        metrics["molecular"] = molecular_metrics(
+            system, run_dir, *split["test"], *split["validation"], samples, kept, ec.bins, hist_range
+        )
     contours = None
     if system.potential is not None and system.dim == 2 and hist_range is not None:
         xs = [np.linspace(lo, hi, 200) for lo, hi in hist_range]

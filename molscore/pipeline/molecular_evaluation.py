@@ -1,0 +1,139 @@
+"""Molecule-specific evaluation of a run (SCIENCE.md section 4): what the 2-D JS does not show.
+
+For a system with collective variables (phi, psi first) and a bead topology (``run_dir/data/beads.pdb``):
+
+- the phi > 0 population of MD (test replicas), samples and simulation, with errors;
+- the MD-vs-MD floor at the model's number of effectively independent frames (iid: the sample count;
+  simulation: frames / their autocorrelation time), with its spread over random draws of validation stretches;
+- bond-length Wasserstein-1 per bond against MD, and the simulation's bond-length range (stability);
+- the phi > 0 population of the simulation against time (all replicas start in one state: convergence);
+- free-energy profiles along phi.
+
+Writes ``molecular.png`` (profiles), ``population.png`` (simulation population in time) and returns a dict
+stored under ``"molecular"`` in ``metrics.json``.
+"""
+
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+
+from molscore.analysis.autocorrelation import integrated_autocorrelation_time
+from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.molecular import (
+    basin_population,
+    bond_length_w1,
+    bond_lengths,
+    free_energy_profile,
+    md_floor,
+    population_time_series,
+    topology_bonds,
+)
+from molscore.analysis.plots import line_plot
+from molscore.system import System
+
+
+def slowest_tau(angles_by_replica: list[np.ndarray]) -> float:
+    """Largest integrated autocorrelation time (frames) of the phi > 0 indicator and of cos/sin of each angle.
+
+    ``angles_by_replica`` : list of (T_r, n_cvs) arrays in rad, one per independent replica. The indicator is
+    the slow observable of alanine dipeptide; the trigonometric functions keep the estimate meaningful when
+    no replica crosses phi = 0 (a constant indicator has tau = 1).
+    """
+    observables = [lambda a: (a[:, 0] > 0).astype(float)]
+    for k in range(angles_by_replica[0].shape[1]):
+        observables += [lambda a, k=k: np.cos(a[:, k]), lambda a, k=k: np.sin(a[:, k])]
+    return max(integrated_autocorrelation_time([f(a) for a in angles_by_replica]) for f in observables)
+
+
+def _by_replica(values: np.ndarray, replica: np.ndarray) -> list[np.ndarray]:
+    return [values[replica == r] for r in np.unique(replica)]
+
+
+def molecular_metrics(
+    system: System,
+    run_dir: Path,
+    test: np.ndarray,
+    test_replica: np.ndarray,
+    validation: np.ndarray,
+    validation_replica: np.ndarray,
+    samples: np.ndarray | None = None,
+    simulation: np.ndarray | None = None,
+    bins: int = 64,
+    hist_range=None,
+    n_draws: int = 20,
+) -> dict:
+    """Metrics and plots of one run (see module docstring).
+
+    Parameters
+    ----------
+    system : the molecule (collective variables, kT)
+    run_dir : run folder holding ``data/beads.pdb``; plots are written there
+    test, validation : (M, N, 3) nm, held-out MD frames; ``*_replica`` (M,) their replica ids (time-ordered)
+    samples : (n, N, 3) nm diffusion samples, or None
+    simulation : (frames, B, N, 3) nm simulation frames after burn-in, or None
+    bins, hist_range : histogram settings of the JS / PMF comparison
+    n_draws : random draws of the MD floor
+
+    Returns
+    -------
+    dict with "md", "iid", "sim" entries (only those with data).
+    """
+    topology = mdtraj.load_topology(str(Path(run_dir) / "data" / "beads.pdb"))
+    names = list(system.collective_variables)[:2]
+
+    def cvs(xyz):
+        return compute_cvs(xyz, topology, system.collective_variables, names)
+
+    ref, val = cvs(test), cvs(validation)
+    tau_md = slowest_tau(_by_replica(val, validation_replica))
+    bonds = topology_bonds(topology)
+    bond_names = [f"{topology.atom(i).name}-{topology.atom(j).name}" for i, j in bonds]
+    md_lengths = bond_lengths(test, bonds)
+    out = {
+        "md": {
+            "phi_positive": basin_population(ref[:, 0], test_replica),
+            "tau_frames": tau_md,
+            "n_frames": len(test),
+            "n_effective": len(validation) / tau_md,
+            "bond_range_nm": [float(md_lengths.min()), float(md_lengths.max())],
+        }
+    }
+    profiles = {"MD (test)": free_energy_profile(ref[:, 0], bins)}  # F in units of kT
+
+    def compare(xyz, phi_positive, n_effective):
+        entry = {"phi_positive": phi_positive, "n_effective": float(n_effective)}
+        entry["floor"] = md_floor(val, validation_replica, ref, n_effective, tau_md, bins, hist_range, n_draws)
+        entry["floor"].pop("js"), entry["floor"].pop("pmf")  # per-draw lists: keep the summary only
+        if len(bonds):
+            w1 = bond_length_w1(xyz, test, bonds)
+            entry["bond_w1_nm"] = dict(zip(bond_names, (float(w) for w in w1), strict=True))
+            entry["bond_w1_mean_nm"] = float(np.mean(w1))
+        return entry
+
+    if samples is not None:
+        iid = cvs(samples)
+        out["iid"] = compare(samples, basin_population(iid[:, 0]), len(samples))
+        profiles["samples"] = free_energy_profile(iid[:, 0], bins)
+    if simulation is not None:
+        n_frames, n_replicas = simulation.shape[:2]
+        flat = simulation.reshape(-1, *simulation.shape[2:])
+        sim = cvs(flat).reshape(n_frames, n_replicas, -1)
+        tau_sim = slowest_tau([sim[:, b] for b in range(n_replicas)])
+        owner = np.tile(np.arange(n_replicas), n_frames)  # frame-major flattening
+        entry = compare(flat, basin_population(sim[..., 0].ravel(), owner), n_frames * n_replicas / tau_sim)
+        lengths = bond_lengths(flat, bonds) if len(bonds) else np.zeros((1, 1))
+        entry |= {"tau_frames": tau_sim, "finite": bool(np.isfinite(simulation).all())}
+        entry["bond_range_nm"] = [float(lengths.min()), float(lengths.max())]
+        out["sim"] = entry
+        profiles["simulation"] = free_energy_profile(sim[..., 0].ravel(), bins)
+        series = population_time_series(sim[..., 0])
+        frames = np.arange(n_frames)
+        line_plot({"replica average": (frames, series["p"]), "running mean": (frames, series["running"])},
+                  Path(run_dir) / "population.png", "simulation frame (after burn-in)", "fraction with phi > 0",
+                  title=f"{system.name}: phi > 0 population in simulation",
+                  errors={"replica average": series["err"], "running mean": series["running_err"]})  # fmt: skip
+        out["sim"]["population_final"] = float(series["running"][-1])
+    line_plot({k: v for k, v in profiles.items()}, Path(run_dir) / "molecular.png", "phi (rad)", "F / kT",
+              title=f"{system.name}: free energy along phi")  # fmt: skip
+    return out
