@@ -178,3 +178,13 @@ def test_killed_workflow_resumes(tmp_path):
     subprocess.run([*command, "--out", str(tmp_path / "cut")], check=True, capture_output=True)
     for whole, resumed in zip(frames_of(tmp_path / "whole"), frames_of(tmp_path / "cut"), strict=True):
         assert whole.shape == (60, 22, 3) and np.array_equal(whole, resumed)
+
+
+def test_first_replica_reproduces_the_same_replicas_elsewhere(alanine, tmp_path):
+    whole = frames_of(generate_md(alanine, tmp_path / "all", processes=1, **{**TINY, "replicas": 3}))
+    part = generate_md(alanine, tmp_path / "part", processes=1, first_replica=1, **{**TINY, "replicas": 3})
+    assert not (part / "replica_000").exists()
+    for r, xyz in zip((1, 2), frames_of(part), strict=True):
+        assert np.array_equal(xyz, whole[r])  # replica r depends only on (seed, r), not on who ran it
+    with pytest.raises(ValueError, match="first_replica"):
+        generate_md(alanine, tmp_path / "bad", processes=1, first_replica=3, **{**TINY, "replicas": 3})

@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ns", type=float, default=5.0, help="production length per replica, ns (default 5)")
     parser.add_argument("--equilibration-ps", type=float, default=100.0, help="discarded per replica, ps (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; replica r uses (seed, r)")
+    parser.add_argument("--first-replica", type=int, default=0, help="run only replicas from this index on")
     parser.add_argument("--platform", default="Reference", help="OpenMM platform: Reference (default), CPU or CUDA")
     parser.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU cores)")
     parser.add_argument("--chunk-frames", type=int, default=1000, help="frames per DCD chunk (default 1000)")
@@ -74,6 +75,7 @@ def main(argv=None) -> Path:
         chunk_frames=args.chunk_frames,
         processes=args.processes,
         progress=not args.no_progress,
+        first_replica=args.first_replica,
     )
     print(f"{out}: {len(replica_files(out))} replica(s) of {args.ns:g} ns; topology {out / 'topology.pdb'}")
     if args.export is not None:

@@ -24,7 +24,8 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
     Parameters
     ----------
     source : MD folder (``topology.pdb`` + ``replica_*/chunk_*``), e.g. written by ``generate_md``
-    dest : output folder (created; files written atomically, existing replicas overwritten)
+    dest : output folder (created; files written atomically; replicas of ``source`` overwrite those of the same
+        name, others are kept, so copies of replicas generated in several places merge)
     resolution : "all", "heavy", "backbone" or "calpha"
     stride : keep every stride-th frame (frame spacing becomes stride x the source's)
     fmt : ".xtc" (compressed, 0.001 nm precision), ".dcd" or ".h5"
@@ -61,7 +62,7 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
     manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
     manifest["export"] = {
         "source": str(source), "resolution": resolution, "stride": int(stride), "format": fmt,
-        "n_atoms": beads.n_beads, "replicas": len(replicas),
+        "n_atoms": beads.n_beads, "replicas": sorted(d.name for d in dest.glob("replica_*") if d.is_dir()),
         "frame_interval_ps": float(manifest.get("frame_interval_ps", 1.0)) * stride,
     }  # fmt: skip
     tmp = dest / ".manifest.tmp.yaml"

@@ -124,6 +124,7 @@ def generate_md(
     chunk_frames: int = 1000,
     processes: int | None = None,
     progress: bool = True,
+    first_replica: int = 0,
 ) -> Path:
     """Run ``replicas`` independent Langevin simulations, or resume/extend those already in ``out_dir``.
 
@@ -142,6 +143,8 @@ def generate_md(
     chunk_frames : frames per DCD file (the unit of resumption)
     processes : worker processes running replicas in parallel (default: CPU cores); 1 runs in this process
     progress : show a progress bar over simulated ps and print the throughput
+    first_replica : run only replicas ``first_replica .. replicas - 1`` (to add replicas elsewhere, e.g. on a
+        second machine, reproducing exactly what one call would have produced for them)
 
     Returns
     -------
@@ -211,13 +214,15 @@ def generate_md(
         "chunk_frames": int(chunk_frames), "seed": int(seed), "platform": platform,
     }  # fmt: skip
     tasks, done_ps = [], 0.0
-    for r in range(replicas):
+    if int(first_replica) != first_replica or not 0 <= first_replica < replicas:
+        raise ValueError(f"first_replica = {first_replica}; need an integer in [0, replicas)")
+    for r in range(first_replica, replicas):
         directory = out_dir / f"replica_{r:03d}"
         steps = _saved_steps(directory)
         done_ps += min(steps, equilibration_steps + n_frames * steps_per_frame) * dt
         if steps == 0 or steps < equilibration_steps + n_frames * steps_per_frame:
             tasks.append({**common, "replica": r, "directory": str(directory)})
-    total_ps = replicas * (equilibration_ps + n_frames * interval)
+    total_ps = (replicas - first_replica) * (equilibration_ps + n_frames * interval)
     processes = max(1, min(processes or os.cpu_count() or 1, len(tasks) or 1))
     began = time.perf_counter()
     simulated_ps = _run_tasks(tasks, processes, total_ps, done_ps, progress)
