@@ -52,18 +52,45 @@ class EnergyHead(nn.Module):
 class ScoreHead(nn.Module):
     """Node features ``(B N, irreps.dim)`` -> one 3-vector per bead ``(B, N, 3)``.
 
+    A linear map to one vector (1o) plus, for chiral models, a pseudovector (1e) and a gated sum
+    sum_c a_c(invariants) v_c over ``n_vectors`` vector and pseudovector channels v_c, whose coefficients are
+    an MLP of the bead's scalars and quadratic invariants, pseudoscalars (0o) included. The coefficients are
+    rotation-invariant, so the score is SO(3)-equivariant; they change under reflection, so the score of a
+    mirror image is not the mirrored score. The gate is what lets a score model prefer one hand: a linear
+    read-out of 1o + 1e features learns that far more slowly (measured on a 4-bead chiral toy: 63% of samples of
+    the trained hand after 2,000 steps without the gate, 88% after 800 steps with it; 98% for an energy model,
+    whose head has the same pseudoscalar products).
+
     Parameters
     ----------
     irreps : node features (must contain 1o, and 1e if ``chiral``)
-    chiral : whether a pseudovector (1e) is added to the vector (1o)
+    chiral : whether pseudovectors and pseudoscalar-gated channels enter
+    n_products : channels per irrep entering the node-wise product (chiral only)
+    n_vectors : gated channels of each of 1o and 1e (chiral only)
+    hidden : width of the coefficient MLP (chiral only)
     """
 
-    def __init__(self, irreps: o3.Irreps, chiral: bool):
+    def __init__(self, irreps: o3.Irreps, chiral: bool, n_products: int = 8, n_vectors: int = 4, hidden: int = 64):
         super().__init__()
         self.chiral = chiral
         self.linear = o3.Linear(irreps, "1x1o+1x1e" if chiral else "1x1o")
+        if not chiral:
+            return
+        self.register_buffer("scalars", scalar_indices(irreps, (1, -1)), persistent=False)
+        reduced = _reduced(irreps, n_products)
+        self.reduce = o3.Linear(irreps, reduced)
+        self.product = o3.FullyConnectedTensorProduct(reduced, reduced, f"{2 * n_products}x0e+{2 * n_products}x0o")
+        self.vectors = o3.Linear(irreps, f"{n_vectors}x1o+{n_vectors}x1e")
+        width = len(self.scalars) + self.product.irreps_out.dim
+        self.coefficients = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, 2 * n_vectors))
 
     def forward(self, h: Tensor, n_frames: int) -> Tensor:
         out = self.linear(h)
-        vector = out[:, :3] + out[:, 3:] if self.chiral else out
+        if not self.chiral:
+            return out.reshape(n_frames, -1, 3)
+        vector = out[:, :3] + out[:, 3:]
+        r = self.reduce(h)
+        a = self.coefficients(torch.cat([h[:, self.scalars], self.product(r, r)], dim=-1))  # (B N, 2 n_vectors)
+        v = self.vectors(h).reshape(len(h), -1, 3)  # (B N, 2 n_vectors, 3): n 1o vectors, then n 1e
+        vector = vector + (a[:, :, None] * v).sum(1)
         return vector.reshape(n_frames, -1, 3)
