@@ -12,7 +12,6 @@ Prints a markdown table and writes ``<out>/mueller_brown.png`` and ``<out>/table
 """
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from molscore.analysis.plots import density_panels
 from molscore.dynamics import load_trajectory
 from molscore.pipeline import RunConfig, load_run_config, stages
+from molscore.pipeline.variants import link_data, merged
 from molscore.system import load_system
 
 BASE = {
@@ -41,20 +41,6 @@ MIXTURES = {  # three time experts, trained from large t to small t; FP on the s
     "mixture of experts": {"model": {"mixture_boundaries": [0.1, 0.6]}},
     "mixture + FP": {"model": {"mixture_boundaries": [0.1, 0.6]}, "train": {"fp_weight": 5.0e-4, "fp_fraction": 0.25}},
 }
-
-
-def merged(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def link_data(shared: Path, run_dir: Path) -> None:
-    """Point ``run_dir/data`` at the shared data splits."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "data").exists():
-        (run_dir / "data").symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def variant_config(name: str, out: Path, args) -> RunConfig:

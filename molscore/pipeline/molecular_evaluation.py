@@ -18,7 +18,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
-from molscore.analysis.autocorrelation import integrated_autocorrelation_time
+from molscore.analysis.autocorrelation import tau_with_window
 from molscore.analysis.collective_variables import compute_cvs
 from molscore.analysis.molecular import (
     basin_population,
@@ -33,8 +33,9 @@ from molscore.analysis.plots import line_plot
 from molscore.system import System
 
 
-def slowest_tau(angles_by_replica: list[np.ndarray]) -> float:
-    """Largest integrated autocorrelation time (frames) of the phi > 0 indicator and of cos/sin of each angle.
+def slowest_tau(angles_by_replica: list[np.ndarray]) -> tuple[float, bool]:
+    """Largest integrated autocorrelation time (frames) of the phi > 0 indicator and of cos/sin of each angle,
+    and whether every estimate converged (replicas longer than ~5 tau; otherwise tau is a lower bound).
 
     ``angles_by_replica`` : list of (T_r, n_cvs) arrays in rad, one per independent replica. The indicator is
     the slow observable of alanine dipeptide; the trigonometric functions keep the estimate meaningful when
@@ -43,7 +44,8 @@ def slowest_tau(angles_by_replica: list[np.ndarray]) -> float:
     observables = [lambda a: (a[:, 0] > 0).astype(float)]
     for k in range(angles_by_replica[0].shape[1]):
         observables += [lambda a, k=k: np.cos(a[:, k]), lambda a, k=k: np.sin(a[:, k])]
-    return max(integrated_autocorrelation_time([f(a) for a in angles_by_replica]) for f in observables)
+    estimates = [tau_with_window([f(a) for a in angles_by_replica]) for f in observables]
+    return max(tau for tau, _ in estimates), all(converged for _, converged in estimates)
 
 
 def _by_replica(values: np.ndarray, replica: np.ndarray) -> list[np.ndarray]:
@@ -86,7 +88,7 @@ def molecular_metrics(
         return compute_cvs(xyz, topology, system.collective_variables, names)
 
     ref, val = cvs(test), cvs(validation)
-    tau_md = slowest_tau(_by_replica(val, validation_replica))
+    tau_md, md_converged = slowest_tau(_by_replica(val, validation_replica))
     bonds = topology_bonds(topology)
     bond_names = [f"{topology.atom(i).name}-{topology.atom(j).name}" for i, j in bonds]
     md_lengths = bond_lengths(test, bonds)
@@ -94,6 +96,7 @@ def molecular_metrics(
         "md": {
             "phi_positive": basin_population(ref[:, 0], test_replica),
             "tau_frames": tau_md,
+            "tau_converged": md_converged,
             "n_frames": len(test),
             "n_effective": len(validation) / tau_md,
             "bond_range_nm": [float(md_lengths.min()), float(md_lengths.max())],
@@ -119,11 +122,11 @@ def molecular_metrics(
         n_frames, n_replicas = simulation.shape[:2]
         flat = simulation.reshape(-1, *simulation.shape[2:])
         sim = cvs(flat).reshape(n_frames, n_replicas, -1)
-        tau_sim = slowest_tau([sim[:, b] for b in range(n_replicas)])
+        tau_sim, sim_converged = slowest_tau([sim[:, b] for b in range(n_replicas)])
         owner = np.tile(np.arange(n_replicas), n_frames)  # frame-major flattening
         entry = compare(flat, basin_population(sim[..., 0].ravel(), owner), n_frames * n_replicas / tau_sim)
         lengths = bond_lengths(flat, bonds) if len(bonds) else np.zeros((1, 1))
-        entry |= {"tau_frames": tau_sim, "finite": bool(np.isfinite(simulation).all())}
+        entry |= {"tau_frames": tau_sim, "tau_converged": sim_converged, "finite": bool(np.isfinite(simulation).all())}
         entry["bond_range_nm"] = [float(lengths.min()), float(lengths.max())]
         out["sim"] = entry
         profiles["simulation"] = free_energy_profile(sim[..., 0].ravel(), bins)

@@ -1,0 +1,209 @@
+"""Alanine dipeptide end to end: one model that samples and simulates, measured against held-out MD.
+
+MD (the reference copy shipped in ``systems/alanine_dipeptide/reference_md``, or any MD folder) -> one data
+split (held-out replicas) -> model variants (energy without / with FP, mixture of experts without / with FP,
+direct score, and "Two for One": the unregularised energy model's score at a fixed t > 0 as force field) ->
+diffusion samples ("iid") and batched Langevin simulations started in one basin ("sim") -> JS and PMF error on
+(phi, psi), phi > 0 population, bond-length W1, each beside the MD-vs-MD floor at the same number of
+effectively independent frames. Writes ``<out>/table.md`` / ``.csv``, ``<out>/ramachandran.png`` and
+``<out>/phi_profiles.png``; every variant's run folder can be re-run stage by stage with ``molscore``.
+
+    python workflows/alanine_dipeptide.py --quick                      # the README's main job, < 15 min on CPU
+    python workflows/alanine_dipeptide.py --train-minutes 30           # 5 beads, all variants
+    python workflows/alanine_dipeptide.py --resolution heavy --variants energy_fp mixture_fp
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import yaml
+
+from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.molecular import free_energy_profile
+from molscore.analysis.plots import line_plot, ramachandran_rows
+from molscore.analysis.report import format_with_error, write_table
+from molscore.dynamics import load_trajectory
+from molscore.pipeline import load_run_config, stages
+from molscore.pipeline.variants import link_data, merged
+from molscore.system import load_system
+
+REFERENCE_MD = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference_md"
+FP = {"fp_weight": 5.0e-4, "fp_fraction": 0.25}
+MIXTURE = {"mixture_boundaries": [0.1, 0.6]}
+VARIANTS = {
+    "energy": {},
+    "energy_fp": {"train": FP},
+    "mixture": {"model": MIXTURE},
+    "mixture_fp": {"model": MIXTURE, "train": FP},
+    "score": {"model": {"parameterisation": "score"}},
+    "two_for_one": {"simulate": {"t_eval": 0.01}},  # the "energy" model's score at t = 0.01 as force field
+}
+LABELS = {
+    "energy": "energy, no FP", "energy_fp": "energy + FP", "mixture": "mixture of experts",
+    "mixture_fp": "mixture + FP", "score": "direct score", "two_for_one": "Two for One (t = 0.01)",
+}  # fmt: skip
+SETTINGS = {  # full run vs the README's quick run
+    "full": {
+        "train": {"steps": 20000, "batch_size": 256},
+        "sample": {"n_samples": 20000, "n_steps": 500},
+        "simulate": {"replicas": 64, "steps": 50000, "report_interval": 250},
+    },
+    "quick": {
+        "train": {"steps": 1000, "batch_size": 128},
+        "sample": {"n_samples": 2000, "n_steps": 100},
+        "simulate": {"replicas": 32, "steps": 2500, "report_interval": 25},
+    },
+}
+BASE = {
+    "system": "alanine_dipeptide",
+    "run_dir": "",
+    "data": {"resolution": "backbone", "n_validation_replicas": 4, "n_test_replicas": 8},
+    "model": {"parameterisation": "energy", "network": "gnn",
+              "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2}},
+    "train": {"learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 250},
+    "sample": {"method": "sde", "batch_size": 2048},
+    "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq"},
+}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=None, help="MD folder (default: systems/alanine_dipeptide/reference_md)")
+    parser.add_argument("--resolution", default="backbone", choices=["backbone", "heavy", "all"])
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="default: all (quick: 2)")
+    parser.add_argument("--quick", action="store_true", help="short training and simulation (the README's main job)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model")
+    parser.add_argument("--train-minutes", type=float, default=None, help="wall-clock budget per model (resumable)")
+    parser.add_argument("--sim-steps", type=int, default=None, help="Langevin steps per replica")
+    parser.add_argument("--replicas", type=int, default=None, help="simulation replicas")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        nargs=2,
+        default=(4, 8),
+        metavar=("VALIDATION", "TEST"),
+        help="MD replicas held out for validation and testing (default 4 8)",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default runs/alanine_dipeptide/<resolution>[_quick])")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    args.data = Path(args.data) if args.data else REFERENCE_MD
+    if args.variants is None:
+        args.variants = ["energy", "energy_fp"] if args.quick else list(VARIANTS)
+    if args.out is None:
+        args.out = f"runs/alanine_dipeptide/{args.resolution}" + ("_quick" if args.quick else "")
+    return args
+
+
+def variant_config(name: str, args) -> dict:
+    spec = merged(merged(BASE, SETTINGS["quick" if args.quick else "full"]), VARIANTS[name])
+    spec["run_dir"] = str(Path(args.out) / name)
+    spec["device"] = args.device
+    spec["data"]["source"] = str(args.data)
+    spec["data"]["resolution"] = args.resolution
+    spec["data"]["n_validation_replicas"], spec["data"]["n_test_replicas"] = args.held_out
+    for value, (section, key) in (
+        (args.steps, ("train", "steps")),
+        (args.train_minutes, ("train", "max_minutes")),
+        (args.sim_steps, ("simulate", "steps")),
+        (args.replicas, ("simulate", "replicas")),
+    ):
+        if value is not None:
+            spec[section][key] = value
+    return spec
+
+
+def run_variant(name: str, args, shared: Path) -> dict:
+    """All stages of one variant; returns its metrics and training time."""
+    cfg = load_run_config(variant_config(name, args))
+    run_dir = Path(cfg.run_dir)
+    link_data(shared, run_dir)
+    source = Path(args.out) / "energy"
+    if name == "two_for_one":  # same trained model and samples as "energy"; only the force field differs
+        if not (source / "model.safetensors").exists():
+            run_variant("energy", args, shared)
+        for f in ("model.safetensors", f"samples_{cfg.sample.method}.npy"):
+            if not (run_dir / f).exists():
+                (run_dir / f).symlink_to((source / f).resolve())
+    else:
+        began = time.perf_counter()
+        stages.train(cfg)
+        print(f"{name}: trained in {time.perf_counter() - began:.0f} s")
+        stages.sample(cfg)
+    stages.simulate(cfg)
+    return stages.evaluate(cfg)
+
+
+def table_row(name: str, metrics: dict, summary: dict) -> dict:
+    mol = metrics["molecular"]
+
+    def js_with_floor(kind):
+        if kind not in metrics:
+            return ""
+        floor = mol[kind]["floor"]
+        return f"{metrics[kind]['js']:.4f} ({floor['js_mean']:.4f} +- {floor['js_std']:.4f})"
+
+    def phi(kind):
+        return format_with_error(mol[kind]["phi_positive"]["p"], mol[kind]["phi_positive"]["err"]) if kind in mol else ""
+
+    return {
+        "model": LABELS[name],
+        "iid JS (MD floor)": js_with_floor("iid"),
+        "sim JS (MD floor)": js_with_floor("sim"),
+        "iid PMF": metrics.get("iid", {}).get("pmf"),
+        "sim PMF": metrics["sim"]["pmf"],
+        "phi>0 MD": phi("md"),
+        "phi>0 iid": phi("iid"),
+        "phi>0 sim": phi("sim"),
+        "bond W1 iid (nm)": mol.get("iid", {}).get("bond_w1_mean_nm"),
+        "bond W1 sim (nm)": mol["sim"].get("bond_w1_mean_nm"),
+        "sim stable": mol["sim"]["finite"],
+        "train steps": summary.get("steps"),
+        "train s": summary.get("train_seconds"),
+    }
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    if not args.data.is_dir():
+        raise FileNotFoundError(
+            f"{args.data} is not an MD folder; generate one with python workflows/generate_md.py and pass --data"
+        )
+    out = Path(args.out)
+    shared = out / "data"
+    if not (shared / "test.npy").exists():
+        stages.prepare_data(load_run_config(variant_config(args.variants[0], args) | {"run_dir": str(out)}))
+    system = load_system("alanine_dipeptide")
+    rows, ramachandran, profiles = [], {}, {}
+    topology = mdtraj.load_topology(str(shared / "beads.pdb"))
+
+    def angles(xyz):
+        return compute_cvs(xyz, topology, system.collective_variables, ["phi", "psi"])
+
+    md = angles(np.load(shared / "test.npy"))
+    profiles["MD (test replicas)"] = free_energy_profile(md[:, 0])
+    for name in args.variants:
+        metrics = run_variant(name, args, shared)
+        run_dir = out / name
+        summary_file = out / ("energy" if name == "two_for_one" else name) / "train" / "summary.yaml"
+        summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
+        rows.append(table_row(name, metrics, summary))
+        iid = angles(np.load(run_dir / "samples_sde.npy"))
+        traj = load_trajectory(run_dir / "simulation")["pos"]
+        sim = angles(traj[int(0.2 * len(traj)) :].reshape(-1, *traj.shape[2:]))
+        ramachandran[LABELS[name]] = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1]),
+                                      "simulation": (sim[:, 0], sim[:, 1])}  # fmt: skip
+        profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
+    md_path, _ = write_table(rows, out / "table")
+    ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
+    line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")
+    print(md_path.read_text())
+    print(f"figures: {out / 'ramachandran.png'}, {out / 'phi_profiles.png'}")
+    return md_path
+
+
+if __name__ == "__main__":
+    main()
