@@ -196,6 +196,15 @@ def compare_2d(samples_xy, reference_xy, bins: int | Sequence[int] = 64, range: 
     return {"js": js_divergence(p, q), "pmf": pmf_error(p, q)}
 
 
+def summarise_comparisons(results: list[dict]) -> dict:
+    """Mean and spread of several :func:`compare_2d` results: ``js_mean, js_std, pmf_mean, pmf_std`` (std NaN
+    for one result) and the per-result ``js`` and ``pmf`` lists."""
+    js, pmf = [d["js"] for d in results], [d["pmf"] for d in results]
+    std = (lambda v: float(np.std(v, ddof=1))) if len(results) > 1 else (lambda v: float("nan"))
+    return {"js_mean": float(np.mean(js)), "js_std": std(js), "pmf_mean": float(np.mean(pmf)), "pmf_std": std(pmf),
+            "js": js, "pmf": pmf}  # fmt: skip
+
+
 def floor_2d(
     reference_xy,
     n: int,
@@ -250,15 +259,7 @@ def floor_2d(
         mode, n, half = "halves", m // 2, m // 2
         parts = [(r[:half], r[half : 2 * half])]
     res = [compare_2d(a, b, bins, range) for a, b in parts]
-    js, pmf = [d["js"] for d in res], [d["pmf"] for d in res]
-    std = (lambda v: float(np.std(v, ddof=1))) if len(res) > 1 else (lambda v: float("nan"))
-    return {
-        "js_mean": float(np.mean(js)),
-        "js_std": std(js),
-        "pmf_mean": float(np.mean(pmf)),
-        "pmf_std": std(pmf),
-        "js": js,
-        "pmf": pmf,
+    return summarise_comparisons(res) | {
         "n": int(n),
         "n_pairs": len(res),
         "mode": mode,

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from molscore.analysis.autocorrelation import series_by_replica, tau_with_window
-from molscore.analysis.distributions import Range2D, _check_xy, _default_range, compare_2d
+from molscore.analysis.distributions import Range2D, _check_xy, _default_range, compare_2d, summarise_comparisons
 
 
 # basin populations ------------------------------------------------------------------------------------------
@@ -320,15 +320,7 @@ def md_floor(
             f"fewer than the {n_effective:g} asked: the floor uses all of them and overstates the model's floor"
         )
     res = [compare_2d(v[d], ref, bins, range) for d in draws]
-    js, pmf = [d["js"] for d in res], [d["pmf"] for d in res]
-    std = (lambda a: float(np.std(a, ddof=1))) if len(res) > 1 else (lambda a: float("nan"))
-    return {
-        "js_mean": float(np.mean(js)),
-        "js_std": std(js),
-        "pmf_mean": float(np.mean(pmf)),
-        "pmf_std": std(pmf),
-        "js": js,
-        "pmf": pmf,
+    return summarise_comparisons(res) | {
         "n_frames": int(draws[0].size),
         "n_effective": float(n_effective),
         "n_effective_available": float(available),

@@ -8,7 +8,6 @@ written atomically: a reader never sees a half-written PNG.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from molscore.analysis.distributions import Range2D, _as_numpy, _check_range, histogram2d
+from molscore.files import atomic_write
 
 DPI = 120
 
@@ -28,16 +28,8 @@ def _save_atomic(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
         raise ValueError(f"figures are written as PNG; give a path ending in .png, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -11,26 +11,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+from molscore.files import write_text_atomic
 
 
 def _plain(value):
@@ -92,8 +78,8 @@ def write_table(
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
-    md = _write_atomic(stem.with_name(stem.name + ".md"), "\n".join(lines) + "\n")
-    return md, _write_atomic(stem.with_name(stem.name + ".csv"), buf.getvalue())
+    md = write_text_atomic(stem.with_name(stem.name + ".md"), "\n".join(lines) + "\n")
+    return md, write_text_atomic(stem.with_name(stem.name + ".csv"), buf.getvalue())
 
 
 def format_with_error(value: float, err: float | None, digits: int = 2) -> str:

@@ -6,7 +6,6 @@ resolutions exactly (beads are atoms). The copy is an MD folder like the origina
 ``replica_XXX/chunk_000000.<fmt>`` + ``manifest.yaml``), so the pipeline reads it unchanged.
 """
 
-import os
 from pathlib import Path
 
 import mdtraj
@@ -14,6 +13,7 @@ import yaml
 
 from molscore.data.resolution import select_beads
 from molscore.data.trajectories import load_frames, save_pdb
+from molscore.files import atomic_write, write_text_atomic
 
 EXPORT_FORMATS = (".xtc", ".dcd", ".h5")
 
@@ -52,11 +52,8 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
         chunks = sorted(f for f in replica.glob("chunk_*") if f.suffix in (".dcd", ".xtc", ".h5"))
         traj = load_frames(chunks, topology_file, atom_indices=beads.indices)[::stride]
         first = traj[0] if first is None else first
-        out = dest / replica.name / f"chunk_000000{fmt}"
-        out.parent.mkdir(exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.tmp{fmt}")
-        traj.save(str(tmp), force_overwrite=True)
-        os.replace(tmp, out)
+        with atomic_write(dest / replica.name / f"chunk_000000{fmt}") as tmp:
+            traj.save(str(tmp), force_overwrite=True)
     save_pdb(first, dest / "topology.pdb")
     manifest_file = source / "manifest.yaml"
     manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
@@ -65,7 +62,5 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
         "n_atoms": beads.n_beads, "replicas": sorted(d.name for d in dest.glob("replica_*") if d.is_dir()),
         "frame_interval_ps": float(manifest.get("frame_interval_ps", 1.0)) * stride,
     }  # fmt: skip
-    tmp = dest / ".manifest.tmp.yaml"
-    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    os.replace(tmp, dest / "manifest.yaml")
+    write_text_atomic(dest / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
     return dest

@@ -8,6 +8,8 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from molscore.files import atomic_write
+
 MD_CHUNK_FORMATS = (".dcd", ".xtc", ".h5")
 """Chunk formats of an MD folder (``generate_md`` writes DCD; exported copies XTC or HDF5)."""
 
@@ -99,9 +101,8 @@ def save_pdb(traj: mdtraj.Trajectory, path) -> Path:
     first = traj[0]
     for atom in first.topology.atoms:
         atom.serial = atom.index + 1
-    tmp = path.with_name(f".{path.stem}.tmp.pdb")
-    first.save_pdb(str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        first.save_pdb(str(tmp))
     return path
 
 

@@ -5,11 +5,12 @@ these writers export them with a topology (the run's ``data/beads.pdb``) as DCD,
 the file suffix, so VMD, PyMOL, ChimeraX or mdtraj open them directly.
 """
 
-import os
 from pathlib import Path
 
 import mdtraj
 import numpy as np
+
+from molscore.files import atomic_write
 
 FORMATS = (".dcd", ".xtc", ".h5", ".pdb")
 
@@ -37,10 +38,8 @@ def write_trajectory(path, xyz, topology, time_ps=None) -> Path:
     if not np.isfinite(xyz).all():
         raise ValueError(f"{path}: frames contain NaN or infinite coordinates; refusing to write them")
     traj = mdtraj.Trajectory(xyz, top, time=None if time_ps is None else np.asarray(time_ps, dtype=np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    traj.save(str(tmp), force_overwrite=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        traj.save(str(tmp), force_overwrite=True)
     return path
 
 

@@ -1,0 +1,34 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the complete new one, never a partial one."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; when the block ends without error it replaces ``path``.
+
+    The temporary file has the same suffix as ``path`` (writers such as mdtraj pick the format from it) and
+    is removed if the block raises. Parent folders are created; the result is readable by all (0644).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
