@@ -262,3 +262,19 @@ def test_saved_metadata_is_plain_json(tmp_path):
         meta = f.metadata()
     assert json.loads(meta["spec"])["mixture_boundaries"] == [0.1, 0.6]
     assert math.isclose(float(meta["scale"]), model.scale, rel_tol=0, abs_tol=0)
+
+
+@pytest.mark.slow
+def test_compiled_gnn_forces_equal_eager_forces(tmp_path):
+    """torch.compile of the networks (for long simulations) changes speed, not results; saving stays plain."""
+    from molscore.diffusion.sde import VPSDE
+    from molscore.models import DiffusionModel, ModelSpec, build_score_model
+
+    spec = ModelSpec(n_particles=5, dim=3, network="gnn", network_options={"hidden_irreps": "8x0e+2x0o+4x1o+2x1e"})
+    model = DiffusionModel(spec, build_score_model(spec, torch.float64), VPSDE(), scale=0.2, kT=2.5)
+    pos = 0.2 * torch.randn(6, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eager = model.forces(pos)
+    model.compile()
+    torch.testing.assert_close(model.forces(pos), eager, rtol=1e-9, atol=1e-9)
+    reloaded = DiffusionModel.load(model.save(tmp_path / "m.safetensors"), dtype=torch.float64)
+    torch.testing.assert_close(reloaded.forces(pos), eager, rtol=0, atol=0)

@@ -63,6 +63,7 @@ class SimulateConfig:
         "state:NAME" (random training frames inside the system's state NAME, e.g. "state:C7eq", so that
         equilibrium between states must be reached by the dynamics itself)
     report_interval : steps between saved frames
+    compile : compile the network with torch.compile first (minutes of compilation, then faster steps)
     """
 
     replicas: int = 500
@@ -74,6 +75,7 @@ class SimulateConfig:
     report_interval: int = 50
     chunk_frames: int = 100
     checkpoint_interval: int = 1000
+    compile: bool = False
     seed: int = 0
 
 

@@ -200,7 +200,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     if dt is None or friction is None:
         raise ValueError(f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)")
     if force_fn is None:
-        model = _load_model(cfg)
+        model = _load_model(cfg).compile() if sc.compile else _load_model(cfg)
 
         def force_fn(pos):
             return model.forces(pos, sc.t_eval)
