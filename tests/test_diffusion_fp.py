@@ -29,12 +29,7 @@ Z = 5.0
 TIMES = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from molscore.potentials import DoubleWell, GaussianMixture, Harmonic, MuellerBr
 FD_RTOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation cost (large on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fd_gradient(fn, pos: torch.Tensor, h: float) -> torch.Tensor:

@@ -20,7 +20,9 @@ from molscore.dynamics import (
     TrajectoryReporter,
     Underdamped,
     load_trajectory,
+    read_checkpoint,
 )
+from molscore.dynamics.guards import BondLengthGuard
 from molscore.potentials import Harmonic
 
 KT = 2.494
@@ -126,6 +128,41 @@ def test_guard_raises_with_a_clear_message_and_keeps_the_good_frames(tmp_path):
     assert traj["step"].tolist() == list(range(0, last_good + 1, 2))  # every good frame, no bad one
     assert np.isfinite(traj["pos"]).all() and np.abs(traj["pos"]).max() <= 100.0
     assert bad_step > last_good
+
+
+def test_bond_guard_stops_a_stretching_molecule_and_names_the_bond(tmp_path):
+    # two beads at 0.15 nm, reference lengths 0.14-0.16 nm; a constant drift pulls replica 1's bead 1 away
+    pos = torch.tensor([[[0.0, 0.0, 0.0], [0.15, 0.0, 0.0]]] * 3, dtype=torch.float64)
+    guard = BondLengthGuard.from_frames([[0, 1]], pos[:1] * torch.tensor([[[1.0], [0.14 / 0.15]]]), 0.5, ["C-N"])
+    guard_hi = BondLengthGuard.from_frames([[0, 1]], pos[:1] * torch.tensor([[[1.0], [0.16 / 0.15]]]), 0.5)
+    guard = BondLengthGuard(guard.bonds, guard.lower, guard_hi.upper, ["C-N"])
+    np.testing.assert_allclose([guard.lower.item(), guard.upper.item()], [0.07, 0.24])
+    assert guard(pos).tolist() == [False, False, False]
+
+    def drift(x, t):
+        v = torch.zeros_like(x)
+        v[1, 1, 0] = 0.7  # nm/ps: replica 1 passes 0.24 nm at step 13 (0.241 nm)
+        return v
+
+    reporter = TrajectoryReporter(tmp_path / "traj", interval=1, chunk_frames=100)
+    sim = Simulation(ODE(drift), Heun(), State(pos.clone()), 0.01, None, [reporter],
+                     check_interval=1, guards=[guard])  # fmt: skip
+    with pytest.raises(SimulationError, match=r"bond C-N of replica 1 is 0\.241 nm, outside \[0\.070, 0\.240\]") as info:
+        sim.run(100, progress=False)
+    assert info.value.step == 13 and info.value.last_good_step == 12
+    assert load_trajectory(tmp_path / "traj")["step"].tolist() == list(range(13))
+
+
+def test_wall_clock_budget_stops_early_with_a_checkpoint_and_resumes(tmp_path):
+    pot, term = harmonic_langevin()
+    sim = Simulation(term, BAOAB(), start(pot), 0.002, SeededNoise(0), checkpoint_path=tmp_path / "c.pt")
+    sim.run(1000, progress=False, max_seconds=0.0)
+    assert sim.state.step == 1 and read_checkpoint(tmp_path / "c.pt")["step"] == 1
+    again = Simulation.from_checkpoint(tmp_path / "c.pt", term, BAOAB())
+    again.run(9, progress=False)
+    reference = Simulation(term, BAOAB(), start(pot), 0.002, SeededNoise(0))
+    reference.run(10, progress=False)
+    torch.testing.assert_close(again.state.pos, reference.state.pos, rtol=0, atol=0)
 
 
 def test_interrupted_and_resumed_run_writes_identical_files(tmp_path):

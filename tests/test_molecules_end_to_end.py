@@ -142,3 +142,28 @@ def test_exported_copy_is_an_md_folder_with_the_same_beads(valine_md, tmp_path):
                                         "n_validation_replicas": 1, "n_test_replicas": 1}})  # fmt: skip
         prepare_data(cfg)
     np.testing.assert_allclose(np.load(tmp_path / "b/data/train.npy"), np.load(tmp_path / "a/data/train.npy"), atol=6e-4)
+
+
+def test_a_molecule_pulled_apart_is_stopped_by_the_bond_guard_and_keeps_its_frames(valine_md, tmp_path):
+    from molscore.pipeline.stages import evaluate, simulate
+
+    data = {"source": str(valine_md), "resolution": "heavy", "n_validation_replicas": 1, "n_test_replicas": 1}
+    cfg = load_run_config({"system": "valine_dipeptide", "run_dir": str(tmp_path), "data": data,
+                           "simulate": {"replicas": 2, "steps": 400, "report_interval": 5, "timestep": 0.002}})  # fmt: skip
+    prepare_data(cfg)
+
+    def pull_first_bead(pos):  # 1e5 kJ/mol/nm along x on bead 0 only: a bond breaks within a few dozen steps
+        force = 0 * pos
+        force[:, 0, 0] = 1e5
+        return force
+
+    out = simulate(cfg, progress=False, force_fn=pull_first_bead)
+    status = yaml.safe_load((out / "status.yaml").read_text())
+    assert status["stable"] is False and not status["finished"] and 0 < status["step"] < 400
+    assert "bond" in status["message"] and "outside" in status["message"] and "written to disk" in status["message"]
+    frames = load_trajectory(out)
+    assert 1 <= len(frames["pos"]) and frames["step"][-1] <= status["last_good_step"]
+    beads = mdtraj.load_topology(str(tmp_path / "data" / "beads.pdb"))
+    kept = mdtraj.load(str(out / "dcd" / "replica_001.dcd"), top=beads)
+    assert kept.n_frames == len(frames["pos"]) and np.isfinite(kept.xyz).all()
+    assert evaluate(cfg)["sim_status"]["stable"] is False

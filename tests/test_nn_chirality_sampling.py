@@ -26,12 +26,7 @@ def one_handed_data(n=2048, seed=0) -> torch.Tensor:
     return CHIRAL + 0.08 * torch.randn(n, 4, 3, generator=g, dtype=torch.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_handedness(reflection: str, parameterisation: str = "energy", steps: int = 500) -> float:

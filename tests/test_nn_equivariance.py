@@ -34,17 +34,7 @@ MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=DTYPE))
 """Reflection through the yz plane (a true mirror, not the inversion -x)."""
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    """float64 by default: e3nn builds its constants (and the checker its rotation matrices, via Wigner D) in
-    the default dtype, which in float32 limits equivariance to ~1e-7 however the network is cast later. One
-    thread: the tensors are tiny, so intra-op threads only add synchronisation cost."""
-    n, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(DTYPE)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "float64_default")
 
 
 def make_net(output="energy", reflection="odd", seed=0, **options) -> EquivariantGNN:
@@ -119,31 +109,16 @@ def test_energy_is_invariant_under_rotations_and_translations(nets, reflection):
 
 
 @pytest.mark.parametrize("reflection", ["odd", "invariant"])
-def test_score_head_rotates_with_the_input(nets, reflection):
-    torch.manual_seed(3)
-    net = nets("score", reflection)
+@pytest.mark.parametrize("output", ["score", "forces"])
+def test_score_head_and_forces_rotate_with_the_input(nets, reflection, output):
+    """The direct score head and the energy model's forces -grad E are vectors (1o)."""
+    torch.manual_seed(3 if output == "score" else 4)
+    vector = (lambda net: lambda x, t: net(x, t)) if output == "score" else forces_fn
+    fn = vector(nets("score" if output == "score" else "energy", reflection))
     x, t = frames()
-    assert_nondegenerate(net(x, t))
+    assert_nondegenerate(fn(x, t))
     assert_equivariant(
-        lambda x, t: net(x, t),
-        [x, t],
-        irreps_in=["cartesian_points", None],
-        irreps_out=["1o"],
-        tolerance=VECTOR_TOL,
-        do_parity=reflection == "invariant",
-        ntrials=3,
-    )
-
-
-@pytest.mark.parametrize("reflection", ["odd", "invariant"])
-def test_forces_of_the_energy_model_rotate_with_the_input(nets, reflection):
-    torch.manual_seed(4)
-    net = nets("energy", reflection)
-    x, t = frames()
-    force = forces_fn(net)
-    assert_nondegenerate(force(x, t))
-    assert_equivariant(
-        force,
+        fn,
         [x, t],
         irreps_in=["cartesian_points", None],
         irreps_out=["1o"],

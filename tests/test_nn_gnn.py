@@ -37,15 +37,7 @@ OPTIONS = dict(
 """A tiny chiral network; the cutoff is short enough that spread-out frames have pairs beyond it."""
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    """float64 by default (e3nn builds its constants in the default dtype); one thread for tiny tensors."""
-    n, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(DTYPE)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "float64_default")
 
 
 def make_net(output="energy", seed=0, **options) -> EquivariantGNN:

@@ -32,7 +32,9 @@ def test_cli_runs_every_stage_and_writes_outputs(tmp_path, capsys):
     for name in ("model.safetensors", "samples_sde.npy", "metrics.json", "density.png", "train/loss.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"iid", "sim", "floor"}
+    assert set(metrics) == {"iid", "sim", "floor", "sim_status"}
+    status = metrics["sim_status"]
+    assert status["stable"] and status["finished"] and status["step"] == status["steps_requested"] == 60
     assert 0 <= metrics["iid"]["js"] <= np.log(2) and metrics["iid"]["n"] == 300
     assert metrics["sim"]["n"] == 6 * 8  # 7 frames, the first 20% (1 frame) discarded, 8 replicas
     traj = load_trajectory(run / "simulation")["pos"]

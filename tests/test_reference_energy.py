@@ -77,3 +77,18 @@ def test_bad_input_raises(alanine, frames):
         field(bad)
     with pytest.raises(ValueError, match="platform"):
         ReferenceForceField(alanine, platform="Nonsense")
+
+
+def test_samples_are_scored_against_the_md_energy_distribution(alanine):
+    from molscore.pipeline.molecular_evaluation import reference_energy_comparison
+
+    start = np.asarray(openmm_system(alanine)[2].value_in_unit(unit.nanometer))
+    rng = np.random.default_rng(1)
+    md = start[None] + rng.normal(scale=0.003, size=(200, 22, 3))
+    same = reference_energy_comparison(alanine, md[:100], md[100:])
+    assert 0.85 <= same["fraction_in_md_range"] <= 1 and same["w1_kT"] < 0.3 * np.diff(same["md_range_kT"])[0]
+    clashing = md[:100].copy()
+    clashing[:, 1] = clashing[:, 0] + 0.02  # an atom 0.02 nm from its neighbour
+    clashing[:3] = np.nan  # non-finite samples count as outside the range
+    bad = reference_energy_comparison(alanine, clashing, md[100:])
+    assert bad["fraction_in_md_range"] == 0 and bad["median_kT"] > same["md_range_kT"][1] and bad["n"] == 100

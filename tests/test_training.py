@@ -15,13 +15,7 @@ from molscore.train.checkpoint import load_checkpoint
 from molscore.train.estimator import ScoreEstimator, TrainConfig
 from molscore.train.losses import loss_terms
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupt(Exception):

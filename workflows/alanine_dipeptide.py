@@ -48,8 +48,8 @@ LABELS = {
 SETTINGS = {  # full run vs the README's quick run
     "full": {
         "train": {"steps": 20000, "batch_size": 256},
-        "sample": {"n_samples": 20000, "n_steps": 500},
-        "simulate": {"replicas": 64, "steps": 50000, "report_interval": 250},
+        "sample": {"n_samples": 5000, "n_steps": 200},
+        "simulate": {"replicas": 32, "steps": 500000, "report_interval": 50},  # 1 ns at 2 fs (or --sim-minutes)
     },
     "quick": {
         "train": {"steps": 1000, "batch_size": 128},
@@ -77,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short training and simulation (the README's main job)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
     parser.add_argument("--train-minutes", type=float, default=None, help="wall-clock budget per model (resumable)")
-    parser.add_argument("--sim-steps", type=int, default=None, help="Langevin steps per replica")
+    parser.add_argument("--samples", type=int, default=None, help="diffusion samples per model")
+    parser.add_argument("--sample-steps", type=int, default=None, help="reverse-diffusion steps per sample")
+    parser.add_argument("--sim-steps", type=int, default=None, help="Langevin steps per replica (2 fs each)")
+    parser.add_argument("--sim-minutes", type=float, default=None, help="wall-clock budget per simulation (resumable)")
     parser.add_argument("--replicas", type=int, default=None, help="simulation replicas")
     parser.add_argument(
         "--held-out",
@@ -108,7 +111,10 @@ def variant_config(name: str, args) -> dict:
     for value, (section, key) in (
         (args.steps, ("train", "steps")),
         (args.train_minutes, ("train", "max_minutes")),
+        (args.samples, ("sample", "n_samples")),
+        (args.sample_steps, ("sample", "n_steps")),
         (args.sim_steps, ("simulate", "steps")),
+        (args.sim_minutes, ("simulate", "max_minutes")),
         (args.replicas, ("simulate", "replicas")),
     ):
         if value is not None:
@@ -137,11 +143,21 @@ def run_variant(name: str, args, shared: Path) -> dict:
     return stages.evaluate(cfg)
 
 
+def stability(metrics: dict) -> str:
+    """'yes', 'no (blew up at t ps: reason)' or 'yes (stopped at t ps)' from the simulation's status."""
+    status = metrics.get("sim_status", {})
+    if not status:
+        return ""
+    if not status["stable"]:
+        return f"no: stopped by the guard at {status['t_ps']:.1f} ps"
+    return "yes" if status["finished"] else f"yes (budget ended at {status['t_ps']:.1f} ps)"
+
+
 def table_row(name: str, metrics: dict, summary: dict) -> dict:
-    mol = metrics["molecular"]
+    mol = metrics.get("molecular", {})
 
     def js_with_floor(kind):
-        if kind not in metrics:
+        if kind not in metrics or kind not in mol:
             return ""
         floor = mol[kind]["floor"]
         return f"{metrics[kind]['js']:.4f} ({floor['js_mean']:.4f} +- {floor['js_std']:.4f})"
@@ -154,13 +170,14 @@ def table_row(name: str, metrics: dict, summary: dict) -> dict:
         "iid JS (MD floor)": js_with_floor("iid"),
         "sim JS (MD floor)": js_with_floor("sim"),
         "iid PMF": metrics.get("iid", {}).get("pmf"),
-        "sim PMF": metrics["sim"]["pmf"],
+        "sim PMF": metrics.get("sim", {}).get("pmf"),
         "phi>0 MD": phi("md"),
         "phi>0 iid": phi("iid"),
         "phi>0 sim": phi("sim"),
         "bond W1 iid (nm)": mol.get("iid", {}).get("bond_w1_mean_nm"),
-        "bond W1 sim (nm)": mol["sim"].get("bond_w1_mean_nm"),
-        "sim stable": mol["sim"]["finite"],
+        "bond W1 sim (nm)": mol.get("sim", {}).get("bond_w1_mean_nm"),
+        "sim ps per replica": metrics.get("sim_status", {}).get("t_ps"),
+        "sim stable": stability(metrics),
         "train steps": summary.get("steps"),
         "train s": summary.get("train_seconds"),
     }
@@ -192,11 +209,13 @@ def main(argv=None) -> Path:
         summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
         rows.append(table_row(name, metrics, summary))
         iid = angles(np.load(run_dir / "samples_sde.npy"))
-        traj = load_trajectory(run_dir / "simulation")["pos"]
-        sim = angles(traj[int(0.2 * len(traj)) :].reshape(-1, *traj.shape[2:]))
-        ramachandran[LABELS[name]] = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1]),
-                                      "simulation": (sim[:, 0], sim[:, 1])}  # fmt: skip
-        profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
+        panels = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1])}
+        if (run_dir / "simulation" / "chunk_000000.npz").exists():  # absent if the guard stopped it at once
+            traj = load_trajectory(run_dir / "simulation")["pos"]
+            sim = angles(traj[int(0.2 * len(traj)) :].reshape(-1, *traj.shape[2:]))
+            panels["simulation"] = (sim[:, 0], sim[:, 1])
+            profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
+        ramachandran[LABELS[name]] = panels
     md_path, _ = write_table(rows, out / "table")
     ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
     line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")

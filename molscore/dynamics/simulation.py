@@ -4,6 +4,7 @@ writes checkpoints from which a run resumes bit for bit.
 
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,7 +19,12 @@ CHECKPOINT_FORMAT = 1
 
 
 class SimulationError(RuntimeError):
-    """The simulation blew up: non-finite coordinates or positions beyond ``max_abs_position``."""
+    """The simulation blew up: non-finite coordinates, positions beyond ``max_abs_position`` or a replica
+    flagged by a guard. ``step`` and ``t`` say when, ``last_good_step`` the last state that passed."""
+
+    def __init__(self, message: str, step: int = -1, t: float = float("nan"), last_good_step: int | None = None):
+        super().__init__(message)
+        self.step, self.t, self.last_good_step = step, t, last_good_step
 
 
 def read_checkpoint(path, map_location=None) -> dict:
@@ -46,6 +52,8 @@ class Simulation:
     max_abs_position : nm; a replica with a coordinate beyond it counts as exploded
     check_interval : steps between blow-up checks (also checked whenever a reporter records or a
         checkpoint is written, so no bad frame reaches disk)
+    guards : callables ``guard(pos) -> (B,) bool`` flagging broken replicas, with ``guard.describe(pos, bad)``
+        for the message (e.g. :class:`~molscore.dynamics.guards.BondLengthGuard`), applied at every check
     checkpoint_path, checkpoint_interval : write a checkpoint there every ``checkpoint_interval`` steps (and
         at the end of each :meth:`run`), always from a state that passed the blow-up check
     """
@@ -62,6 +70,7 @@ class Simulation:
         check_interval: int = 100,
         checkpoint_path=None,
         checkpoint_interval: int | None = None,
+        guards=(),
     ):
         dt = float(dt)
         if dt == 0 or not math.isfinite(dt):
@@ -71,7 +80,7 @@ class Simulation:
         if checkpoint_interval is not None and (checkpoint_path is None or int(checkpoint_interval) < 1):
             raise ValueError("checkpoint_interval needs a checkpoint_path and must be >= 1")
         self.term, self.integrator, self.dt, self.noise = term, integrator, dt, noise
-        self.reporters = list(reporters)
+        self.reporters, self.guards = list(reporters), list(guards)
         self.max_abs_position, self.check_interval = float(max_abs_position), int(check_interval)
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.checkpoint_interval = None if checkpoint_interval is None else int(checkpoint_interval)
@@ -79,8 +88,9 @@ class Simulation:
         self.last_good_step = None  # step of the last state that passed the blow-up check
         self.last_checkpoint_step = None
 
-    def run(self, n_steps: int, progress: bool = True) -> State:
-        """Take ``n_steps`` steps (under ``torch.no_grad``; forces by autograd enable it themselves).
+    def run(self, n_steps: int, progress: bool = True, max_seconds: float | None = None) -> State:
+        """Take ``n_steps`` steps (under ``torch.no_grad``; forces by autograd enable it themselves), or stop
+        earlier when ``max_seconds`` of wall-clock time have passed (the state is checkpointed; run again to go on).
 
         Raises
         ------
@@ -89,6 +99,7 @@ class Simulation:
         """
         if int(n_steps) < 0:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        began = time.perf_counter()
         with torch.no_grad(), tqdm(total=int(n_steps), disable=not progress, unit="step", leave=False) as bar:
             try:
                 self._check()
@@ -104,6 +115,8 @@ class Simulation:
                     if checkpoint:
                         self.save_checkpoint(self.checkpoint_path)
                     bar.update(1)
+                    if max_seconds is not None and time.perf_counter() - began > max_seconds:
+                        break
                 self._check()
             finally:
                 for r in self.reporters:
@@ -133,24 +146,31 @@ class Simulation:
         bad = ~torch.isfinite(pos).flatten(1).all(1) | (pos.abs() > self.max_abs_position).flatten(1).any(1)
         if vel is not None:
             bad |= ~torch.isfinite(vel).flatten(1).all(1)
+        flagged = [(g, g(pos)) for g in self.guards] if not bool(bad.any()) else []
+        for _, by_guard in flagged:
+            bad |= by_guard
         if not bool(bad.any()):
             self.last_good_step = self.state.step
             return
         for r in self.reporters:
             r.flush()
+        why = [g.describe(pos, b) for g, b in flagged if bool(b.any())]
         first = torch.nonzero(bad).flatten()[:5].tolist()
         kept = (
             f"; the checkpoint {self.checkpoint_path} holds step {self.last_checkpoint_step}"
             if self.checkpoint_path is not None and self.last_checkpoint_step is not None
             else ""
         )
+        what = "; ".join(why) if why else f"non-finite coordinates or |x| > max_abs_position = {self.max_abs_position:g} nm"
         raise SimulationError(
             f"simulation blew up at step {self.state.step} (t = {self.state.t:.6g}): {int(bad.sum())} of "
-            f"{len(bad)} replicas have non-finite coordinates or |x| > max_abs_position = "
-            f"{self.max_abs_position:g} nm (replicas {first}); last good check at step "
+            f"{len(bad)} replicas broken (replicas {first}): {what}; last good check at step "
             f"{self.last_good_step}. Try a smaller timestep (dt = {self.dt:g} now), check the force field "
             f"or drift for singularities and the starting positions for overlaps. "
-            f"Frames reported before the blow-up were written to disk{kept}."
+            f"Frames reported before the blow-up were written to disk{kept}.",
+            self.state.step,
+            self.state.t,
+            self.last_good_step,
         )
 
     def save_checkpoint(self, path) -> None:

@@ -64,10 +64,15 @@ class SimulateConfig:
         equilibrium between states must be reached by the dynamics itself)
     report_interval : steps between saved frames
     compile : compile the network with torch.compile first (minutes of compilation, then faster steps)
+    max_minutes : wall-clock budget; the run stops early with a checkpoint (rerun to go on towards ``steps``)
+    bond_slack : molecules stop (keeping the frames so far) when a bond leaves [1 - slack, 1 + slack] x the
+        range of its lengths in the training data
     """
 
     replicas: int = 500
     steps: int = 4000
+    max_minutes: float | None = None
+    bond_slack: float = 0.5
     timestep: float | None = None
     friction: float | None = None
     t_eval: float | None = None

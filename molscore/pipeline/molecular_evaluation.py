@@ -7,7 +7,8 @@ For a system with collective variables (phi, psi first) and a bead topology (``r
   simulation: frames / their autocorrelation time), with its spread over random draws of validation stretches;
 - bond-length Wasserstein-1 per bond against MD, and the simulation's bond-length range (stability);
 - the phi > 0 population of the simulation against time (all replicas start in one state: convergence);
-- free-energy profiles along phi.
+- free-energy profiles along phi;
+- all-atom runs: the OpenMM reference energy of the samples against that of the MD frames (kT units).
 
 Writes ``molecular.png`` (profiles), ``population.png`` (simulation population in time) and returns a dict
 stored under ``"molecular"`` in ``metrics.json``.
@@ -46,6 +47,40 @@ def slowest_tau(angles_by_replica: list[np.ndarray]) -> tuple[float, bool]:
         observables += [lambda a, k=k: np.cos(a[:, k]), lambda a, k=k: np.sin(a[:, k])]
     estimates = [tau_with_window([f(a) for a in angles_by_replica]) for f in observables]
     return max(tau for tau, _ in estimates), all(converged for _, converged in estimates)
+
+
+def reference_energy_comparison(system: System, samples: np.ndarray, md: np.ndarray, n_max: int = 2000) -> dict:
+    """OpenMM reference energies (in kT) of up to ``n_max`` samples and MD frames, ``(n, N, 3)`` nm each.
+
+    Returns medians, the 1st-99th percentile range of MD, the fraction of samples inside that range (a
+    sample far above it has a clash or a broken bond) and the Wasserstein-1 distance of the two energy
+    distributions (kT).
+    """
+    from scipy.stats import wasserstein_distance
+
+    from molscore.interfaces.reference_energy import ReferenceForceField
+
+    field, rng = ReferenceForceField(system), np.random.default_rng(0)
+
+    def energies(frames):  # NaN for non-finite frames
+        frames = frames[rng.permutation(len(frames))[:n_max]].astype(np.float64)
+        ok, energy = np.isfinite(frames).all(axis=(1, 2)), np.full(len(frames), np.nan)
+        if ok.any():
+            energy[ok] = field.energy_and_forces(frames[ok])[0].numpy() / system.kT
+        return energy
+
+    e_model, e_md = energies(samples), energies(md)
+    e_md = e_md[np.isfinite(e_md)]
+    finite = np.isfinite(e_model)
+    lo, hi = np.percentile(e_md, [1, 99])
+    return {
+        "median_kT": float(np.median(e_model[finite])) if finite.any() else float("nan"),
+        "md_median_kT": float(np.median(e_md)),
+        "md_range_kT": [float(lo), float(hi)],
+        "fraction_in_md_range": float(np.mean(finite & (e_model >= lo) & (e_model <= hi))),
+        "w1_kT": float(wasserstein_distance(e_model[finite], e_md)) if finite.any() else float("nan"),
+        "n": int(len(e_model)),
+    }
 
 
 def _by_replica(values: np.ndarray, replica: np.ndarray) -> list[np.ndarray]:
@@ -117,6 +152,8 @@ def molecular_metrics(
     if samples is not None:
         iid = cvs(samples)
         out["iid"] = compare(samples, basin_population(iid[:, 0]), len(samples))
+        if topology.n_atoms == system.n_particles:  # all atoms: score the samples with the reference force field
+            out["iid"]["reference_energy"] = reference_energy_comparison(system, samples, test)
         profiles["samples"] = free_energy_profile(iid[:, 0], bins)
     if simulation is not None:
         n_frames, n_replicas = simulation.shape[:2]

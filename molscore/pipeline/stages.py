@@ -22,6 +22,7 @@ import yaml
 
 from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.analysis.distributions import compare_2d
+from molscore.analysis.molecular import topology_bonds
 from molscore.analysis.plots import density_panels, line_plot
 from molscore.config import dump_config
 from molscore.data.splits import write_molecular_splits
@@ -30,11 +31,14 @@ from molscore.dynamics import (
     BAOAB,
     SeededNoise,
     Simulation,
+    SimulationError,
     State,
     TrajectoryReporter,
     Underdamped,
     load_trajectory,
 )
+from molscore.dynamics.guards import BondLengthGuard
+from molscore.files import write_text_atomic
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.models import DiffusionModel, ModelSpec
 from molscore.pipeline.config import RunConfig
@@ -191,6 +195,10 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     """Langevin simulation of ``replicas`` copies with the learned forces, resumable from its checkpoint.
 
     ``force_fn`` replaces the learned force field (e.g. the exact potential's forces for a control run).
+    Molecules are guarded: a replica whose bond leaves the training data's range (widened by
+    ``bond_slack``) stops the run like a non-finite one. A run that blows up keeps its frames up to the last
+    good check, and ``simulation/status.yaml`` says what happened (``stable: false`` and the message);
+    ``max_minutes`` stops it early with ``finished: false`` (rerun to continue).
     """
     run_dir, system, sc = _run_dir(cfg, "simulate"), load_system(cfg.system), cfg.simulate
     out = run_dir / "simulation"
@@ -209,34 +217,43 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     term = Underdamped(force_fn, bead_masses(cfg, system).to(device, dtype), system.kT, friction)
     reporter = TrajectoryReporter(out, sc.report_interval, sc.chunk_frames)
     checkpoint = out / "checkpoint.pt"
+    options = {"checkpoint_path": checkpoint, "checkpoint_interval": sc.checkpoint_interval, "guards": _guards(cfg)}
     if checkpoint.exists():
-        sim = Simulation.from_checkpoint(
-            checkpoint,
-            term,
-            BAOAB(),
-            reporters=[reporter],
-            checkpoint_path=checkpoint,
-            checkpoint_interval=sc.checkpoint_interval,
-        )
+        sim = Simulation.from_checkpoint(checkpoint, term, BAOAB(), reporters=[reporter], **options)
     else:
         start = _start_frames(cfg, system)
         state = State(torch.as_tensor(start, dtype=dtype, device=device))
-        sim = Simulation(
-            term,
-            BAOAB(),
-            state,
-            dt,
-            SeededNoise(sc.seed),
-            [reporter],
-            checkpoint_path=checkpoint,
-            checkpoint_interval=sc.checkpoint_interval,
-        )
-    sim.run(max(0, sc.steps - sim.state.step), progress=progress)
+        sim = Simulation(term, BAOAB(), state, dt, SeededNoise(sc.seed), [reporter], **options)
+    status = {"stable": True, "steps_requested": sc.steps}
+    max_seconds = None if sc.max_minutes is None else 60 * sc.max_minutes
+    try:
+        sim.run(max(0, sc.steps - sim.state.step), progress=progress, max_seconds=max_seconds)
+        status |= {"step": sim.state.step, "t_ps": sim.state.t, "finished": sim.state.step >= sc.steps}
+        if not status["finished"]:
+            print(f"simulation stopped by max_minutes at step {sim.state.step} of {sc.steps}; rerun to resume")
+    except SimulationError as error:
+        status |= {"stable": False, "finished": False, "step": error.step, "t_ps": error.t,
+                   "last_good_step": error.last_good_step, "message": str(error)}  # fmt: skip
+        print(f"{run_dir.name}: simulation stopped by its guard; frames up to the last good check are kept.\n{error}")
+    write_text_atomic(out / "status.yaml", yaml.safe_dump(status, sort_keys=False))
     beads = Path(cfg.run_dir) / "data" / "beads.pdb"
-    if beads.exists():  # molecules: one standard trajectory file per replica for viewers
+    if beads.exists() and (out / "chunk_000000.npz").exists():  # molecules: one trajectory file per replica
         traj = load_trajectory(out)
         write_replicas(out / "dcd", traj["pos"], beads, time_ps=traj["t"])
     return out
+
+
+def _guards(cfg: RunConfig) -> list:
+    """A bond-length guard for molecules (bonds of the bead topology, ranges from the training data)."""
+    beads = Path(cfg.run_dir) / "data" / "beads.pdb"
+    if not beads.exists():
+        return []
+    topology = mdtraj.load_topology(str(beads))
+    bonds = topology_bonds(topology)
+    if not len(bonds):
+        return []
+    names = [f"{topology.atom(i).name}-{topology.atom(j).name}" for i, j in bonds]
+    return [BondLengthGuard.from_frames(bonds, _load_split(cfg, "train"), cfg.simulate.bond_slack, names)]
 
 
 def _start_frames(cfg: RunConfig, system: System) -> np.ndarray:
@@ -279,6 +296,9 @@ def evaluate(cfg: RunConfig) -> dict:
         kept = traj[int(ec.burn_in * len(traj)) :]
         sim = observables(system, kept.reshape(-1, *kept.shape[2:]), run_dir)
         metrics["sim"] = compare_2d(sim, ref, ec.bins, hist_range) | {"n": len(sim), "frames": len(kept)}
+    status_file = run_dir / "simulation" / "status.yaml"
+    if status_file.exists():  # stable / finished / where it stopped (see simulate)
+        metrics["sim_status"] = yaml.safe_load(status_file.read_text())
         panels["simulation"] = (sim[:, 0], sim[:, 1])
     n = metrics.get("iid", metrics.get("sim", {"n": len(ref)}))["n"]
     if cfg.data.source == "exact":  # floor: an independent exact data set of the model's size

@@ -1,0 +1,64 @@
+"""Guards: physical sanity checks a :class:`~molscore.dynamics.Simulation` applies to every replica.
+
+The simulation always stops on non-finite or far-flung coordinates. A learned force field can also fail
+quietly: a molecule that stretches a bond to twice its length or collapses two bonded beads is still finite.
+A guard flags such replicas so the run stops with a message naming the bond, keeping the frames written so far.
+"""
+
+import numpy as np
+import torch
+
+
+class BondLengthGuard:
+    """Flags replicas whose bonded bead pairs leave ``[lower, upper]`` nm.
+
+    Parameters
+    ----------
+    bonds : (M, 2) int bead index pairs
+    lower, upper : (M,) nm, allowed range of each bond
+    names : M labels for messages (default "i-j")
+    """
+
+    def __init__(self, bonds, lower, upper, names=None):
+        bonds = torch.as_tensor(np.asarray(bonds), dtype=torch.long).reshape(-1, 2)
+        lower, upper = (torch.as_tensor(np.asarray(v), dtype=torch.float64).reshape(-1) for v in (lower, upper))
+        if not (len(lower) == len(upper) == len(bonds)):
+            raise ValueError(f"{len(bonds)} bonds but {len(lower)} lower and {len(upper)} upper bounds")
+        if bool((lower >= upper).any()) or bool((lower < 0).any()):
+            raise ValueError("need 0 <= lower < upper for every bond")
+        self.bonds, self.lower, self.upper = bonds, lower, upper
+        self.names = list(names) if names is not None else [f"{i}-{j}" for i, j in bonds.tolist()]
+
+    @classmethod
+    def from_frames(cls, bonds, frames, slack: float = 0.5, names=None) -> "BondLengthGuard":
+        """Bounds ``(1 - slack) x`` the shortest and ``(1 + slack) x`` the longest length of each bond in
+        reference ``frames (F, N, 3)`` nm (e.g. the training MD): far outside thermal fluctuations, so only a
+        broken or collapsed molecule trips it."""
+        frames, bonds = np.asarray(frames, dtype=np.float64), np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+        if not 0 < slack < 1:
+            raise ValueError(f"slack must lie in (0, 1), got {slack}")
+        lengths = np.linalg.norm(frames[:, bonds[:, 1]] - frames[:, bonds[:, 0]], axis=-1)
+        return cls(bonds, (1 - slack) * lengths.min(0), (1 + slack) * lengths.max(0), names)
+
+    def lengths(self, pos: torch.Tensor) -> torch.Tensor:
+        """Bond lengths (B, M) nm of positions (B, N, 3) nm."""
+        bonds = self.bonds.to(pos.device)
+        return (pos[:, bonds[:, 1]] - pos[:, bonds[:, 0]]).norm(dim=-1)
+
+    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: replicas with a bond out of range."""
+        if len(self.bonds) == 0:
+            return torch.zeros(len(pos), dtype=torch.bool, device=pos.device)
+        length = self.lengths(pos)
+        return ((length < self.lower.to(length)) | (length > self.upper.to(length))).any(1)
+
+    def describe(self, pos: torch.Tensor, bad: torch.Tensor) -> str:
+        """One line naming the first bad replica's worst bond, its length and its allowed range."""
+        replica = int(torch.nonzero(bad).flatten()[0])
+        length = self.lengths(pos[replica : replica + 1])[0].double().cpu()
+        excess = torch.maximum(self.lower - length, length - self.upper)
+        m = int(excess.argmax())
+        return (
+            f"bond {self.names[m]} of replica {replica} is {float(length[m]):.3f} nm, outside "
+            f"[{float(self.lower[m]):.3f}, {float(self.upper[m]):.3f}] nm (the reference range widened by the guard's slack)"
+        )

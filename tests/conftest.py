@@ -1,0 +1,23 @@
+"""Shared fixtures. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation cost (large on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype: e3nn builds its constants (and its checker the rotation matrices, via
+    Wigner D) in the default dtype, which in float32 limits equivariance to ~1e-7 however a network is cast."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
