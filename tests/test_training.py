@@ -293,3 +293,26 @@ def test_wall_clock_budget_stops_checkpoints_and_resumes_bit_identically(tmp_pat
     assert resumed.train_seconds >= budgeted.train_seconds  # summed over both calls
     for key, value in full.score_model.state_dict().items():
         assert torch.equal(resumed.score_model.state_dict()[key], value), key
+
+
+def test_steps_fitted_to_the_budget_plan_a_schedule_that_ends_in_time(tmp_path, monkeypatch):
+    """On a fake clock each timed pass takes 0.5 s: a 0.5 min budget plans int(95% of 30 s / (1.15 x 0.5 s))
+    steps, split over the mixture's experts; the plan survives a resume."""
+    case = RESUME_CASES["moe_fp_cross_stage"]
+    data = toy_data()
+    clock = {"now": 0.0}
+
+    def tick():
+        clock["now"] += 0.5
+        return clock["now"]
+
+    monkeypatch.setattr("molscore.train.estimator.time.perf_counter", tick)
+    est = make_estimator(case)
+    est.config.steps, est.config.max_minutes, est.config.fit_steps_to_budget = 1000, 0.5, True
+    est.fit(data, 2.5, checkpoint_dir=tmp_path, progress=False)
+    assert est.planned_steps == int(0.95 * 30 / (1.15 * 0.5)) and est.step == est.planned_steps
+    assert [s["stop"] for s in est._stages][-1] == est.planned_steps and len(est._stages) == 3
+    again = make_estimator(case)
+    again.config.steps = 1000
+    again.fit(data, 2.5, checkpoint_dir=tmp_path, progress=False)
+    assert again.planned_steps == est.planned_steps and again.step == est.step  # restored: nothing left to do

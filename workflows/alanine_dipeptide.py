@@ -9,7 +9,7 @@ effectively independent frames. Writes ``<out>/table.md`` / ``.csv``, ``<out>/ra
 ``<out>/phi_profiles.png``; every variant's run folder can be re-run stage by stage with ``molscore``.
 
     python workflows/alanine_dipeptide.py --quick                      # the README's main job, < 15 min on CPU
-    python workflows/alanine_dipeptide.py --train-minutes 30           # 5 beads, all variants
+    python workflows/alanine_dipeptide.py --train-minutes 30 --sim-minutes 10   # 5 beads, all variants
     python workflows/alanine_dipeptide.py --resolution heavy --variants energy_fp mixture_fp
 """
 
@@ -119,6 +119,8 @@ def variant_config(name: str, args) -> dict:
     ):
         if value is not None:
             spec[section][key] = value
+    if args.train_minutes is not None:  # plan the steps (learning-rate decay, every expert) to fit the budget
+        spec["train"]["fit_steps_to_budget"] = True
     return spec
 
 

@@ -163,12 +163,12 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
         logy=True,
     )
     summary = {
-        "steps": est.step, "steps_planned": cfg.train.steps, "train_seconds": round(est.train_seconds, 1),
+        "steps": est.step, "steps_planned": est.planned_steps, "train_seconds": round(est.train_seconds, 1),
         "stopped_early": est.stopped_early, "final_validation_dsm": h["val"][-1] if h["val"] else None,
     }  # fmt: skip
     (run_dir / "train" / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     if est.stopped_early:
-        print(f"training stopped by max_minutes at step {est.step} of {cfg.train.steps}; rerun to resume")
+        print(f"training stopped by max_minutes at step {est.step} of {est.planned_steps}; rerun to resume")
     return est.fetch_model().save(run_dir / "model.safetensors")
 
 

@@ -36,6 +36,9 @@ class TrainConfig:
     scale : data scale in nm (None: the std of the centred training data)
     max_minutes : wall-clock budget of one ``fit`` call; when it runs out, training checkpoints and stops
         (``stopped_early`` is set) and a later call resumes towards ``steps``
+    fit_steps_to_budget : with ``max_minutes``, time one step of each stage before training and lower ``steps``
+        so the whole schedule (learning-rate decay, every expert of a mixture) fits the budget; the planned
+        count is kept in the checkpoint, so a resumed run follows the same schedule
     """
 
     steps: int = 10_000
@@ -53,6 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     validation_every: int = 500
     max_minutes: float | None = None
+    fit_steps_to_budget: bool = False
     seed: int = 0
 
 
@@ -90,6 +94,7 @@ class ScoreEstimator:
         self._optimizer, self._optimizer_stage = None, None
         n = spec.n_particles - 1 if spec.centred else spec.n_particles
         self.n_dof = spec.dim * n
+        self.planned_steps = self.config.steps
         self._stages = self._plan_stages()
 
     # planning ----------------------------------------------------------------------------------------
@@ -98,12 +103,12 @@ class ScoreEstimator:
         cfg, model = self.config, self.score_model
         experts = getattr(model, "experts", None)
         if experts is None:
-            return [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=cfg.steps)]
+            return [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=self.planned_steps)]
         fractions = list(cfg.expert_step_fractions)
         if len(fractions) != len(experts):
             raise ValueError(f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts")
-        counts = [round(cfg.steps * f / sum(fractions)) for f in fractions]
-        counts[-1] = cfg.steps - sum(counts[:-1])
+        counts = [round(self.planned_steps * f / sum(fractions)) for f in fractions]
+        counts[-1] = self.planned_steps - sum(counts[:-1])
         stages, start = [], 0
         for k, count in zip(reversed(range(len(experts))), counts, strict=True):
             lo, hi = model.time_range(k)
@@ -170,10 +175,13 @@ class ScoreEstimator:
         ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
         if ckpt is not None and ckpt.is_file():
             self._restore(load_checkpoint(ckpt, self.device))
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+        if cfg.fit_steps_to_budget and cfg.max_minutes is not None and self.step == 0:
+            self._fit_steps_to(0.95 * 60.0 * cfg.max_minutes, x_data)
+        total = self.planned_steps
+        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
         self.stopped_early = False
-        while self.step < cfg.steps:
+        while self.step < total:
             if deadline is not None and time.monotonic() > deadline:
                 self.stopped_early = True
                 if ckpt is not None:
@@ -182,10 +190,10 @@ class ScoreEstimator:
             began = time.perf_counter()
             self._train_step(x_data)
             self.train_seconds += time.perf_counter() - began
-            if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
+            if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == total):
                 self.history["val_step"].append(self.step)
                 self.history["val"].append(self.validation_loss(x_val))
-            if ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+            if ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == total):
                 save_checkpoint(self._state(), ckpt)
             bar.update(1)
             if self.step % 50 == 0:
@@ -195,22 +203,44 @@ class ScoreEstimator:
         bar.close()
         return self
 
-    def _train_step(self, x_data: Tensor) -> None:
-        cfg, stage = self.config, self._stage(self.step)
-        if self._optimizer is None or self._optimizer_stage != stage["start"]:
-            self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+    def _fit_steps_to(self, seconds: float, x_data: Tensor, repeats: int = 3) -> None:
+        """Lower ``planned_steps`` so that training takes about ``seconds``: one timed forward + backward pass
+        of each stage (after a warm-up; no parameter changes), weighted by the stage's share of the steps."""
+        cost = 0.0
+        for stage in self._stages:
+            module = self._trained_module(stage)
+            gen = torch.Generator(device=self.device).manual_seed(987654321)
+            times = []
+            for _ in range(repeats + 1):
+                began = time.perf_counter()
+                self._loss(module, stage, x_data, gen)[0].backward()
+                times.append(time.perf_counter() - began)
+            module.zero_grad(set_to_none=True)
+            cost += sorted(times[1:])[repeats // 2] * (stage["stop"] - stage["start"]) / self.planned_steps
+        self.planned_steps = max(1, min(self.config.steps, int(seconds / (1.15 * cost))))  # 15%: EMA, optimiser
+        self._stages = self._plan_stages()
+
+    def _loss(self, module, stage: dict, x_data: Tensor, gen: torch.Generator):
+        """(loss, dsm, fp) of one batch drawn with ``gen``."""
+        cfg = self.config
         idx = torch.randint(len(x_data), (cfg.batch_size,), generator=gen, device=self.device)
         lo, hi = stage["t_range"]
         t = lo + (hi - lo) * torch.rand(cfg.batch_size, generator=gen, device=self.device, dtype=self.dtype)
         eps = self.sde.noise(x_data[idx].shape, self.spec.centred, gen, self.dtype, self.device)
         use_fp = cfg.fp_weight > 0 and stage["expert"] in (None, 0)
         fp_count = max(1, round(cfg.fp_fraction * cfg.batch_size)) if use_fp else 0
-        module = self._trained_module(stage)
         terms = loss_terms(module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen)
         dsm = terms.dsm.mean()
         fp = terms.fp.mean() if terms.fp is not None else torch.zeros((), device=self.device)
-        loss = dsm + cfg.fp_weight * fp
+        return dsm + cfg.fp_weight * fp, dsm, fp
+
+    def _train_step(self, x_data: Tensor) -> None:
+        cfg, stage = self.config, self._stage(self.step)
+        if self._optimizer is None or self._optimizer_stage != stage["start"]:
+            self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+        module = self._trained_module(stage)
+        loss, dsm, fp = self._loss(module, stage, x_data, gen)
         self.step += 1
         if not torch.isfinite(loss):
             self.skipped_steps += 1
@@ -265,6 +295,7 @@ class ScoreEstimator:
             "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
             "optimizer_stage": self._optimizer_stage,
             "history": self.history,
+            "planned_steps": self.planned_steps,
             "spec": self.spec.to_dict(),
             "config": asdict(self.config),
         }
@@ -275,10 +306,12 @@ class ScoreEstimator:
         self.step, self.scale, self.kT = state["step"], state["scale"], state["kT"]
         self.skipped_steps, self.history = state["skipped_steps"], state["history"]
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.planned_steps = int(state.get("planned_steps", self.config.steps))
+        self._stages = self._plan_stages()
         self.score_model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         if state["optimizer"] is not None:
-            stage = self._stage(min(self.step, self.config.steps - 1))
+            stage = self._stage(min(self.step, self.planned_steps - 1))
             if state["optimizer_stage"] == stage["start"]:
                 self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
                 self._optimizer.load_state_dict(state["optimizer"])
