@@ -11,20 +11,22 @@ from molscore.geometry import remove_centroid
 
 
 class EnergyScore(nn.Module):
-    """Energy-based (conservative) model: s(x, t) = -grad_x E(x, t).
+    """Energy-based (conservative) model: s(x, t) = -grad_x E(x, t), E = net + prior.
 
-    ``net(x, t) -> (B,)``. For centred systems the input is centred first, so the score lies in the
-    zero-centroid subspace whatever the network.
+    ``net(x, t) -> (B,)``; ``prior(x, t) -> (B,)`` an optional fixed energy (e.g.
+    :class:`~molscore.models.bond_prior.BondPrior`). For centred systems the input is centred first, so the
+    score lies in the zero-centroid subspace whatever the network.
     """
 
     parameterisation = "energy"
 
-    def __init__(self, net: nn.Module, centred: bool):
+    def __init__(self, net: nn.Module, centred: bool, prior: nn.Module | None = None):
         super().__init__()
-        self.net, self.centred = net, centred
+        self.net, self.centred, self.prior = net, centred, prior
 
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(remove_centroid(x) if self.centred else x, t)
+        x = remove_centroid(x) if self.centred else x
+        return self.net(x, t) if self.prior is None else self.net(x, t) + self.prior(x, t)
 
     def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
         with torch.enable_grad():
@@ -42,18 +44,23 @@ class EnergyScore(nn.Module):
 
 
 class DirectScore(nn.Module):
-    """Direct (not necessarily conservative) score: s(x, t) = net(x, t), ``net -> (B, N, d)``."""
+    """Direct (not necessarily conservative) score: s(x, t) = net(x, t) - grad prior(x, t), ``net -> (B, N, d)``."""
 
     parameterisation = "score"
 
-    def __init__(self, net: nn.Module, centred: bool):
+    def __init__(self, net: nn.Module, centred: bool, prior: nn.Module | None = None):
         super().__init__()
-        self.net, self.centred = net, centred
+        self.net, self.centred, self.prior = net, centred, prior
 
     def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
-        if self.centred:
-            return remove_centroid(self.net(remove_centroid(x), t))
-        return self.net(x, t)
+        x = remove_centroid(x) if self.centred else x
+        s = self.net(x, t)
+        if self.prior is not None:
+            with torch.enable_grad():
+                xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.prior(xg, t).sum(), xg, create_graph=create_graph or x.requires_grad)
+            s = s - grad
+        return remove_centroid(s) if self.centred else s
 
 
 class MixtureOfExperts(nn.Module):

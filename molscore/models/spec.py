@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from molscore.models.bond_prior import BondPrior
 from molscore.models.mlp import MLP
 from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
 from molscore.nn import EquivariantGNN
@@ -29,6 +30,8 @@ class ModelSpec:
         empty for one model on all t
     large_t_parameterisation : parameterisation of the experts above the first boundary (only the
         small-t expert needs to be an energy model); defaults to ``parameterisation``
+    bonds : bead index pairs of a harmonic bond prior (:class:`~molscore.models.bond_prior.BondPrior`, fitted
+        to the training data) added to every expert; empty for none
     """
 
     n_particles: int
@@ -39,6 +42,7 @@ class ModelSpec:
     network_options: dict = field(default_factory=dict)
     mixture_boundaries: list[float] = field(default_factory=list)
     large_t_parameterisation: Literal["energy", "score"] | None = None
+    bonds: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +53,7 @@ def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
         raise ValueError(f"network {spec.network!r} unknown; choose from {sorted(NETWORKS)}")
     net = NETWORKS[spec.network](spec.n_particles, spec.dim, output=parameterisation, **spec.network_options)
     wrapper = EnergyScore if parameterisation == "energy" else DirectScore
-    return wrapper(net, spec.centred)
+    return wrapper(net, spec.centred, BondPrior(spec.bonds) if spec.bonds else None)
 
 
 def build_score_model(spec: ModelSpec, dtype: torch.dtype | None = None) -> nn.Module:

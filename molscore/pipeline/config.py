@@ -33,13 +33,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture (see :class:`molscore.models.ModelSpec`; shape and centring come from the system)."""
+    """Architecture (see :class:`molscore.models.ModelSpec`; shape and centring come from the system).
+
+    bond_prior : molecules get a harmonic bond prior on the bonds of their bead topology, fitted to the
+        training data (:mod:`molscore.models.bond_prior`); the network learns everything else
+    """
 
     parameterisation: Literal["energy", "score"] = "energy"
     network: str = "mlp"
     network_options: dict = field(default_factory=dict)
     mixture_boundaries: list[float] = field(default_factory=list)
     large_t_parameterisation: Literal["energy", "score"] | None = None
+    bond_prior: bool = True
 
 
 @dataclass

@@ -121,9 +121,11 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
     beads = _beads(cfg)
     if m.network == "gnn" and beads is not None:
         options.setdefault("bead_types", beads["bead_types"])
+    topology_file = Path(cfg.run_dir) / "data" / "beads.pdb"
+    bonds = topology_bonds(mdtraj.load_topology(str(topology_file))) if m.bond_prior and topology_file.exists() else []
     return ModelSpec(
         n_particles, system.dim, system.centred, m.parameterisation, m.network, options,
-        list(m.mixture_boundaries), m.large_t_parameterisation,
+        list(m.mixture_boundaries), m.large_t_parameterisation, [[int(i), int(j)] for i, j in bonds],
     )  # fmt: skip
 
 
