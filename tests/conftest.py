@@ -1,5 +1,8 @@
 """Shared fixtures. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +24,17 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="session")
+def workflow_script():
+    """``workflow_script("benchmarks/gnn_cost.py")`` -> that script under ``workflows/`` imported as a module."""
+
+    def load(relative: str):
+        path = Path(__file__).resolve().parents[1] / "workflows" / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

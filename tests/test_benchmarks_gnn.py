@@ -1,21 +1,14 @@
 """The GNN cost benchmark (workflows/benchmarks/gnn_cost.py) runs end to end and writes sensible tables."""
 
 import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "workflows" / "benchmarks" / "gnn_cost.py"
-
 
 @pytest.fixture(scope="module")
-def gnn_cost():
-    spec = importlib.util.spec_from_file_location("gnn_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gnn_cost(workflow_script):
+    return workflow_script("benchmarks/gnn_cost.py")
 
 
 def _positive_finite(rows, keys):

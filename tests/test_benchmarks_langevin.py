@@ -1,17 +1,10 @@
 """The Langevin/sampler throughput benchmark runs (quick sizes) and prints its three comparisons."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "workflows" / "benchmarks" / "langevin_throughput.py"
 
-
-def test_quick_run_prints_every_comparison(capsys):
-    spec = importlib.util.spec_from_file_location("langevin_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_quick_run_prints_every_comparison(capsys, workflow_script):
+    bench = workflow_script("benchmarks/langevin_throughput.py")
     if not (bench.REFERENCE_MD / "topology.pdb").exists():
         pytest.skip("no reference MD shipped in systems/alanine_dipeptide/reference_md")
     bench.main(["--quick"])

@@ -1,6 +1,5 @@
 """OpenMM MD data generation: layout, frame spacing, exact resumption, settings guards, system building."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -152,10 +151,8 @@ def test_openmm_system_from_definition(alanine):
     assert valine.getNumParticles() == 28
 
 
-def test_cli_quick_settings():
-    spec = importlib.util.spec_from_file_location("generate_md_cli", ROOT / "workflows" / "generate_md.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+def test_cli_quick_settings(workflow_script):
+    cli = workflow_script("generate_md.py")
     args = cli.parse_args(["--system", "alanine_dipeptide", "--quick"])
     assert args.out == Path("data/alanine_dipeptide_quick") and args.replicas == 4 and args.equilibration_ps == 5.0
     args = cli.parse_args(["--variant", "vacuum"])

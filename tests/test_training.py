@@ -296,7 +296,7 @@ def test_wall_clock_budget_stops_checkpoints_and_resumes_bit_identically(tmp_pat
 
 
 def test_steps_fitted_to_the_budget_plan_a_schedule_that_ends_in_time(tmp_path, monkeypatch):
-    """On a fake clock each timed pass takes 0.5 s: a 0.5 min budget plans int(95% of 30 s / (1.15 x 0.5 s))
+    """On a fake clock each timed pass takes 0.5 s: a 0.5 min budget plans int(95% of 30 s / (1.3 x 0.5 s))
     steps, split over the mixture's experts; the plan survives a resume."""
     case = RESUME_CASES["moe_fp_cross_stage"]
     data = toy_data()
@@ -310,7 +310,7 @@ def test_steps_fitted_to_the_budget_plan_a_schedule_that_ends_in_time(tmp_path, 
     est = make_estimator(case)
     est.config.steps, est.config.max_minutes, est.config.fit_steps_to_budget = 1000, 0.5, True
     est.fit(data, 2.5, checkpoint_dir=tmp_path, progress=False)
-    assert est.planned_steps == int(0.95 * 30 / (1.15 * 0.5)) and est.step == est.planned_steps
+    assert est.planned_steps == int(0.95 * 30 / (1.3 * 0.5)) and est.step == est.planned_steps
     assert [s["stop"] for s in est._stages][-1] == est.planned_steps and len(est._stages) == 3
     again = make_estimator(case)
     again.config.steps = 1000

@@ -2,26 +2,15 @@
 every output exists, trajectories open with mdtraj, the table's JS numbers are finite and bounded."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import mdtraj
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "workflows" / "alanine_dipeptide.py"
 
-
-def load_workflow():
-    spec = importlib.util.spec_from_file_location("alanine_dipeptide_workflow", SCRIPT)
-    workflow = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(workflow)
-    return workflow
-
-
-def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys):
-    workflow = load_workflow()
+def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys, workflow_script):
+    workflow = workflow_script("alanine_dipeptide.py")
     if not (workflow.REFERENCE_MD / "topology.pdb").exists():
         pytest.skip("no reference MD shipped in systems/alanine_dipeptide/reference_md")
     out = tmp_path / "run"
@@ -44,15 +33,13 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
         replicas = sorted((run / "simulation" / "dcd").glob("replica_*.dcd"))
         assert len(replicas) == 4
         metrics = json.loads((run / "metrics.json").read_text())
-        frames = mdtraj.load(str(replicas[0]), top=beads).n_frames
-        if metrics["sim_status"]["stable"]:  # start + every 25th step
-            assert frames == 100 // 25 + 1 and row["sim stable"] == "yes"
-        else:  # a barely trained model may break a bond: the guard stops it and keeps the frames so far
-            assert 1 <= frames < 100 // 25 + 1 and row["sim stable"].startswith("no: stopped by the guard")
-            assert "bond" in metrics["sim_status"]["message"]
-        for kind in ("iid", "sim"):
+        # the bond prior holds the simulated molecule together from the first step: start + every 25th step
+        assert mdtraj.load(str(replicas[0]), top=beads).n_frames == 100 // 25 + 1 and row["sim stable"] == "yes"
+        for kind in ("iid", "sim"):  # a few dozen training steps learn little: only the metrics are checked here
             js = metrics[kind]["js"]
-            assert np.isfinite(js) and 0 <= js < 0.6, (variant, kind, js)  # ln 2 = 0.69 is the worst possible
+            assert np.isfinite(js) and 0 <= js <= np.log(2) + 1e-9, (variant, kind, js)
             floor = metrics["molecular"][kind]["floor"]
-            assert np.isfinite(floor["js_mean"]) and floor["js_mean"] >= 0
+            assert np.isfinite(floor["js_mean"]) and 0 <= floor["js_mean"] <= np.log(2) + 1e-9
+            assert 0 <= metrics["molecular"][kind]["phi_positive"]["p"] <= 1
+        assert metrics["sim_status"]["stable"] and metrics["molecular"]["sim"]["bond_w1_mean_nm"] < 0.01
         assert float(row["iid JS (MD floor)"].split()[0]) == pytest.approx(metrics["iid"]["js"], abs=1e-4)

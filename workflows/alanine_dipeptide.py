@@ -51,10 +51,10 @@ SETTINGS = {  # full run vs the README's quick run
         "sample": {"n_samples": 5000, "n_steps": 200},
         "simulate": {"replicas": 32, "steps": 500000, "report_interval": 50},  # 1 ns at 2 fs (or --sim-minutes)
     },
-    "quick": {
-        "train": {"steps": 1000, "batch_size": 128},
-        "sample": {"n_samples": 2000, "n_steps": 100},
-        "simulate": {"replicas": 32, "steps": 2500, "report_interval": 25},
+    "quick": {  # ~11 min on 2 CPU cores: training and simulation have wall-clock caps
+        "train": {"steps": 1000, "batch_size": 128, "max_minutes": 2.5, "fit_steps_to_budget": True},
+        "sample": {"n_samples": 1500, "n_steps": 100},
+        "simulate": {"replicas": 32, "steps": 2500, "report_interval": 25, "max_minutes": 1.5},
     },
 }
 BASE = {

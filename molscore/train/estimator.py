@@ -208,7 +208,7 @@ class ScoreEstimator:
         bar.close()
         return self
 
-    def _fit_steps_to(self, seconds: float, x_data: Tensor, repeats: int = 3) -> None:
+    def _fit_steps_to(self, seconds: float, x_data: Tensor, repeats: int = 5) -> None:
         """Lower ``planned_steps`` so that training takes about ``seconds``: one timed forward + backward pass
         of each stage (after a warm-up; no parameter changes), weighted by the stage's share of the steps."""
         cost = 0.0
@@ -222,7 +222,7 @@ class ScoreEstimator:
                 times.append(time.perf_counter() - began)
             module.zero_grad(set_to_none=True)
             cost += sorted(times[1:])[repeats // 2] * (stage["stop"] - stage["start"]) / self.planned_steps
-        self.planned_steps = max(1, min(self.config.steps, int(seconds / (1.15 * cost))))  # 15%: EMA, optimiser
+        self.planned_steps = max(1, min(self.config.steps, int(seconds / (1.3 * cost))))  # 30%: EMA, optimiser, validation
         self._stages = self._plan_stages()
 
     def _loss(self, module, stage: dict, x_data: Tensor, gen: torch.Generator):
