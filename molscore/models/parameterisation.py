@@ -14,7 +14,7 @@ class EnergyScore(nn.Module):
     """Energy-based (conservative) model: s(x, t) = -grad_x E(x, t), E = net + prior.
 
     ``net(x, t) -> (B,)``; ``prior(x, t) -> (B,)`` an optional fixed energy (e.g.
-    :class:`~molscore.models.bond_prior.BondPrior`). For centred systems the input is centred first, so the
+    :mod:`molscore.models.priors`). For centred systems the input is centred first, so the
     score lies in the zero-centroid subspace whatever the network.
     """
 

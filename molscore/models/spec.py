@@ -6,9 +6,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from molscore.models.bond_prior import BondPrior
 from molscore.models.mlp import MLP
 from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
+from molscore.models.priors import BondPrior, NoisePrior, PriorSum
 from molscore.nn import EquivariantGNN
 
 NETWORKS = {"mlp": MLP, "gnn": EquivariantGNN}
@@ -30,8 +30,9 @@ class ModelSpec:
         empty for one model on all t
     large_t_parameterisation : parameterisation of the experts above the first boundary (only the
         small-t expert needs to be an energy model); defaults to ``parameterisation``
-    bonds : bead index pairs of a harmonic bond prior (:class:`~molscore.models.bond_prior.BondPrior`, fitted
+    bonds : bead index pairs of a harmonic bond prior (:class:`~molscore.models.priors.BondPrior`, fitted
         to the training data) added to every expert; empty for none
+    noise_prior : add sigma(t)^2 |x|^2 / 2 (:class:`~molscore.models.priors.NoisePrior`) to every expert
     """
 
     n_particles: int
@@ -43,6 +44,7 @@ class ModelSpec:
     mixture_boundaries: list[float] = field(default_factory=list)
     large_t_parameterisation: Literal["energy", "score"] | None = None
     bonds: list[list[int]] = field(default_factory=list)
+    noise_prior: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +55,8 @@ def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
         raise ValueError(f"network {spec.network!r} unknown; choose from {sorted(NETWORKS)}")
     net = NETWORKS[spec.network](spec.n_particles, spec.dim, output=parameterisation, **spec.network_options)
     wrapper = EnergyScore if parameterisation == "energy" else DirectScore
-    return wrapper(net, spec.centred, BondPrior(spec.bonds) if spec.bonds else None)
+    priors = ([BondPrior(spec.bonds)] if spec.bonds else []) + ([NoisePrior()] if spec.noise_prior else [])
+    return wrapper(net, spec.centred, PriorSum(priors) if priors else None)
 
 
 def build_score_model(spec: ModelSpec, dtype: torch.dtype | None = None) -> nn.Module:

@@ -35,8 +35,9 @@ class DataConfig:
 class ModelConfig:
     """Architecture (see :class:`molscore.models.ModelSpec`; shape and centring come from the system).
 
-    bond_prior : molecules get a harmonic bond prior on the bonds of their bead topology, fitted to the
-        training data (:mod:`molscore.models.bond_prior`); the network learns everything else
+    priors : molecules (runs with a bead topology) get a harmonic bond prior on the bonds of their beads,
+        fitted to the training data, and the Gaussian noise prior (:mod:`molscore.models.priors`); the network
+        learns everything else
     """
 
     parameterisation: Literal["energy", "score"] = "energy"
@@ -44,7 +45,7 @@ class ModelConfig:
     network_options: dict = field(default_factory=dict)
     mixture_boundaries: list[float] = field(default_factory=list)
     large_t_parameterisation: Literal["energy", "score"] | None = None
-    bond_prior: bool = True
+    priors: bool = True
 
 
 @dataclass

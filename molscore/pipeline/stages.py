@@ -122,10 +122,11 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
     if m.network == "gnn" and beads is not None:
         options.setdefault("bead_types", beads["bead_types"])
     topology_file = Path(cfg.run_dir) / "data" / "beads.pdb"
-    bonds = topology_bonds(mdtraj.load_topology(str(topology_file))) if m.bond_prior and topology_file.exists() else []
+    priors = m.priors and topology_file.exists()
+    bonds = topology_bonds(mdtraj.load_topology(str(topology_file))) if priors else []
     return ModelSpec(
         n_particles, system.dim, system.centred, m.parameterisation, m.network, options,
-        list(m.mixture_boundaries), m.large_t_parameterisation, [[int(i), int(j)] for i, j in bonds],
+        list(m.mixture_boundaries), m.large_t_parameterisation, [[int(i), int(j)] for i, j in bonds], priors,
     )  # fmt: skip
 
 

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from molscore.diffusion.sde import VPSDE
 from molscore.geometry import remove_centroid
-from molscore.models.bond_prior import BondPrior
 from molscore.models.diffusion_model import DiffusionModel
+from molscore.models.priors import Prior
 from molscore.models.spec import ModelSpec, build_score_model
 from molscore.train.checkpoint import load_checkpoint, save_checkpoint
 from molscore.train.ema import EMA
@@ -176,8 +176,8 @@ class ScoreEstimator:
         ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
         if ckpt is not None and ckpt.is_file():
             self._restore(load_checkpoint(ckpt, self.device))
-        elif self.step == 0 and any(isinstance(m, BondPrior) for m in self.score_model.modules()):
-            for prior in (m for m in self.score_model.modules() if isinstance(m, BondPrior)):
+        elif self.step == 0 and any(isinstance(m, Prior) for m in self.score_model.modules()):
+            for prior in (m for m in self.score_model.modules() if isinstance(m, Prior)):
                 prior.fit(x_data, self.sde)
             self.ema = EMA(self.score_model, self.config.ema_decay)  # the average starts from the fitted prior
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes

@@ -5,7 +5,7 @@ import torch
 
 from molscore.diffusion import VPSDE
 from molscore.models import DiffusionModel, ModelSpec, build_score_model
-from molscore.models.bond_prior import BondPrior
+from molscore.models.priors import BondPrior, NoisePrior, PriorSum
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,3 +72,17 @@ def test_a_prior_needs_bonds():
         BondPrior([])
     spec = ModelSpec(n_particles=3, dim=3, network="mlp", network_options={"hidden": [8]})
     assert not any(isinstance(m, BondPrior) for m in build_score_model(spec).modules())
+
+
+def test_noise_prior_is_the_gaussian_energy_at_large_t_and_vanishes_at_small_t():
+    prior = NoisePrior().double()
+    prior.fit(chain(8), SDE)
+    x = chain(4, seed=1)
+    t_large, t_small = torch.ones(4, dtype=torch.float64), torch.full((4,), 1e-5, dtype=torch.float64)
+    sigma2 = SDE.sigma(torch.tensor(1.0, dtype=torch.float64)) ** 2
+    torch.testing.assert_close(prior(x, t_large), 0.5 * sigma2 * x.pow(2).sum((1, 2)), rtol=1e-12, atol=0)
+    assert (prior(x, t_small) < 1e-5 * x.pow(2).sum((1, 2))).all()
+    both = PriorSum([BondPrior([[0, 1]]).double(), prior])
+    torch.testing.assert_close(both(x, t_large), both.priors[0](x, t_large) + prior(x, t_large))
+    spec = ModelSpec(n_particles=3, dim=3, network="mlp", network_options={"hidden": [8]}, noise_prior=True)
+    assert any(isinstance(m, NoisePrior) for m in build_score_model(spec).modules())
