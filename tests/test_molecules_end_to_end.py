@@ -36,7 +36,7 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
                 "network_options": {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e", "n_layers": 2},
             },
             "train": {"steps": 3, "batch_size": 8, "fp_weight": 1e-3, "fp_fraction": 0.5},
-            "sample": {"n_samples": 16, "n_steps": 5},
+            "sample": {"n_samples": 16, "n_steps": 25},
             "simulate": {"replicas": 3, "steps": 20, "report_interval": 5, "start": "state:beta"},
         }
     )

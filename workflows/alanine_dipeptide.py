@@ -14,6 +14,7 @@ effectively independent frames. Writes ``<out>/table.md`` / ``.csv``, ``<out>/ra
 """
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default=None, help="output folder (default runs/alanine_dipeptide/<resolution>[_quick])")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--report-only", action="store_true", help="rebuild table and figures from finished run folders")
     args = parser.parse_args(argv)
     args.data = Path(args.data) if args.data else REFERENCE_MD
     if args.variants is None:
@@ -161,8 +163,9 @@ def table_row(name: str, metrics: dict, summary: dict) -> dict:
     def js_with_floor(kind):
         if kind not in metrics or kind not in mol:
             return ""
-        floor = mol[kind]["floor"]
-        return f"{metrics[kind]['js']:.4f} ({floor['js_mean']:.4f} +- {floor['js_std']:.4f})"
+        floor = mol[kind]["floor"]  # one draw (no spread) when the validation replicas hold fewer frames than asked
+        spread = f" +- {floor['js_std']:.4f}" if np.isfinite(floor["js_std"]) else ""
+        return f"{metrics[kind]['js']:.4f} ({floor['js_mean']:.4f}{spread})"
 
     def phi(kind):
         return format_with_error(mol[kind]["phi_positive"]["p"], mol[kind]["phi_positive"]["err"]) if kind in mol else ""
@@ -205,8 +208,11 @@ def main(argv=None) -> Path:
     md = angles(np.load(shared / "test.npy"))
     profiles["MD (test replicas)"] = free_energy_profile(md[:, 0])
     for name in args.variants:
-        metrics = run_variant(name, args, shared)
         run_dir = out / name
+        if args.report_only:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            metrics = run_variant(name, args, shared)
         summary_file = out / ("energy" if name == "two_for_one" else name) / "train" / "summary.yaml"
         summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
         rows.append(table_row(name, metrics, summary))
