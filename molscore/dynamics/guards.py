@@ -8,6 +8,8 @@ A guard flags such replicas so the run stops with a message naming the bond, kee
 import numpy as np
 import torch
 
+from molscore.analysis.molecular import bond_lengths
+
 
 class BondLengthGuard:
     """Flags replicas whose bonded bead pairs leave ``[lower, upper]`` nm.
@@ -34,10 +36,9 @@ class BondLengthGuard:
         """Bounds ``(1 - slack) x`` the shortest and ``(1 + slack) x`` the longest length of each bond in
         reference ``frames (F, N, 3)`` nm (e.g. the training MD): far outside thermal fluctuations, so only a
         broken or collapsed molecule trips it."""
-        frames, bonds = np.asarray(frames, dtype=np.float64), np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
         if not 0 < slack < 1:
             raise ValueError(f"slack must lie in (0, 1), got {slack}")
-        lengths = np.linalg.norm(frames[:, bonds[:, 1]] - frames[:, bonds[:, 0]], axis=-1)
+        lengths = bond_lengths(frames, np.asarray(bonds, dtype=np.int64).reshape(-1, 2))
         return cls(bonds, (1 - slack) * lengths.min(0), (1 + slack) * lengths.max(0), names)
 
     def lengths(self, pos: torch.Tensor) -> torch.Tensor:

@@ -299,10 +299,10 @@ def evaluate(cfg: RunConfig) -> dict:
         kept = traj[int(ec.burn_in * len(traj)) :]
         sim = observables(system, kept.reshape(-1, *kept.shape[2:]), run_dir)
         metrics["sim"] = compare_2d(sim, ref, ec.bins, hist_range) | {"n": len(sim), "frames": len(kept)}
+        panels["simulation"] = (sim[:, 0], sim[:, 1])
     status_file = run_dir / "simulation" / "status.yaml"
     if status_file.exists():  # stable / finished / where it stopped (see simulate)
         metrics["sim_status"] = yaml.safe_load(status_file.read_text())
-        panels["simulation"] = (sim[:, 0], sim[:, 1])
     n = metrics.get("iid", metrics.get("sim", {"n": len(ref)}))["n"]
     if cfg.data.source == "exact":  # floor: an independent exact data set of the model's size
         floor = observables(system, system.reference_samples(n, seed=10_000 + cfg.data.seed).numpy())
