@@ -173,3 +173,32 @@ def effective_sample_size(series, c: float = 5.0) -> float:
     """
     n = sum(np.asarray(x).size for x in _as_series(series))
     return n / integrated_autocorrelation_time(series, c)
+
+
+def block_average(series, min_blocks: int = 16) -> tuple[float, float]:
+    """Mean of a correlated time series and its standard error by blocking (Flyvbjerg & Petersen 1989).
+
+    Consecutive frames are averaged in pairs, level after level; the standard error of the mean grows with
+    the block length until blocks are longer than the correlation time. The largest estimate over the levels
+    that keep at least ``min_blocks`` blocks is returned (a conservative plateau value).
+
+    Parameters
+    ----------
+    series : array (T,) in time order, or (T, B) for B independent replicas (averaged over replicas first)
+
+    Returns
+    -------
+    (mean, standard error)
+    """
+    x = np.asarray(series, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"series must be (T,) or (T, B) with T >= 2 frames, got shape {np.shape(series)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("series holds non-finite values")
+    mean, error = float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+    while len(x) >= 2 * min_blocks:
+        x = 0.5 * (x[: len(x) // 2 * 2 : 2] + x[1 : len(x) // 2 * 2 : 2])
+        error = max(error, float(x.std(ddof=1) / np.sqrt(len(x))))
+    return mean, error
