@@ -175,30 +175,35 @@ def effective_sample_size(series, c: float = 5.0) -> float:
     return n / integrated_autocorrelation_time(series, c)
 
 
-def block_average(series, min_blocks: int = 16) -> tuple[float, float]:
+def block_average(series, min_blocks: int = 16, min_replicas: int = 8) -> tuple[float, float]:
     """Mean of a correlated time series and its standard error by blocking (Flyvbjerg & Petersen 1989).
 
     Consecutive frames are averaged in pairs, level after level; the standard error of the mean grows with
     the block length until blocks are longer than the correlation time. The largest estimate over the levels
-    that keep at least ``min_blocks`` blocks is returned (a conservative plateau value).
+    that keep at least ``min_blocks`` blocks is used (a conservative plateau value). For (T, B) input with at
+    least ``min_replicas`` independent replicas, the spread of the replica means gives a second estimate that
+    holds however short the series are; the larger of the two is returned.
 
     Parameters
     ----------
-    series : array (T,) in time order, or (T, B) for B independent replicas (averaged over replicas first)
+    series : array (T,) in time order, or (T, B) for B independent replicas
 
     Returns
     -------
     (mean, standard error)
     """
     x = np.asarray(series, dtype=np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if x.ndim != 1 or len(x) < 2:
+    if x.ndim not in (1, 2) or len(x) < 2:
         raise ValueError(f"series must be (T,) or (T, B) with T >= 2 frames, got shape {np.shape(series)}")
     if not np.all(np.isfinite(x)):
         raise ValueError("series holds non-finite values")
+    replica_error = 0.0
+    if x.ndim == 2:
+        if x.shape[1] >= min_replicas:
+            replica_error = float(x.mean(axis=0).std(ddof=1) / np.sqrt(x.shape[1]))
+        x = x.mean(axis=1)
     mean, error = float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
     while len(x) >= 2 * min_blocks:
         x = 0.5 * (x[: len(x) // 2 * 2 : 2] + x[1 : len(x) // 2 * 2 : 2])
         error = max(error, float(x.std(ddof=1) / np.sqrt(len(x))))
-    return mean, error
+    return mean, max(error, replica_error)

@@ -48,8 +48,8 @@ def ring_mean_velocity(potential, force: float, diffusion: float, kT: float, per
     x = np.linspace(0.0, 2.0 * period, 2 * n_grid + 1)
     v = np.asarray(potential(x), dtype=np.float64) - force * x
     shift = v.max()
-    cumulative = scipy.integrate.cumulative_trapezoid(np.exp(beta * (v - shift)), x, initial=0.0)
+    cumulative = scipy.integrate.cumulative_simpson(np.exp(beta * (v - shift)), x=x, initial=0.0)
     inner = cumulative[n_grid : 2 * n_grid + 1] - cumulative[: n_grid + 1]  # int_x^{x+L}, x in [0, L]
     weight = np.exp(-beta * (v[: n_grid + 1] - shift)) * inner / -np.expm1(-beta * force * period)
-    norm = scipy.integrate.trapezoid(weight, x[: n_grid + 1])  # = D / j
+    norm = scipy.integrate.simpson(weight, x=x[: n_grid + 1])  # = D / j
     return float(diffusion * period / norm)
