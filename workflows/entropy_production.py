@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replicas", type=int, help="override the replicas of every system")
     parser.add_argument("--windows", type=int, help="override the windows (of `stride` steps) of every system")
     parser.add_argument("--score-steps", type=int, help="training steps of the steady-state score")
-    parser.add_argument("--fp-weight", type=float, default=1.0, help="weight of the stationary FP residual (0: off)")
+    parser.add_argument("--fp-weight", type=float, default=10.0, help="weight of the stationary FP residual (0: off)")
     parser.add_argument("--out", default="entropy_runs", help="output folder")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)

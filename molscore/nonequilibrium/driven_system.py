@@ -10,6 +10,7 @@ bias shows. Definitions live in ``systems/<name>/driven.yaml`` (:func:`load_driv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,7 @@ BUILDERS = {
     "bead_chain": bead_chain,
     "driven_ring": driven_ring,
     "active_particles": active_particles,
+    "torque_driven_molecule": lambda **kw: import_module("molscore.nonequilibrium.molecular").torque_driven_molecule(**kw),
 }
 
 

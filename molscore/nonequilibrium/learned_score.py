@@ -69,7 +69,9 @@ def stationary_fp_residual(score: SteadyStateScore, system: DrivenSystem, x: Ten
 
     The D-weighted divergence of the score is exact up to ``max_exact_dof`` degrees of freedom. Above, two
     residuals with independent Rademacher probes are returned as (B, 2): their product is an unbiased
-    estimate of the squared residual (squaring one probe's residual would add its variance).
+    estimate of the squared residual, their mean square a biased but bounded one (it adds the probes'
+    variance, which penalises off-diagonal Jacobian entries); training uses the bounded one, because a
+    network can drive the product of two probes negative without bound.
     """
     diff = system.diffusion.to(x)
     with torch.no_grad():
@@ -103,7 +105,7 @@ def fit_steady_state_score(
     batch_size: int = 512,
     lr: float = 2e-3,
     noise_range: tuple[float, float] = (0.02, 1.0),
-    fp_weight: float = 1.0,
+    fp_weight: float = 10.0,
     fp_batch_size: int = 128,
     hidden=(128, 128, 128),
     seed: int = 0,
@@ -140,7 +142,7 @@ def fit_steady_state_score(
         loss = dsm
         if fp_weight > 0:
             r = stationary_fp_residual(model, system, x[:fp_batch_size])
-            fp = (r**2 if r.ndim == 1 else r.prod(dim=1)).mean() / scale
+            fp = (r**2).mean() / scale
             loss = loss + fp_weight * fp
             log["fp"] = float(fp.detach())
         opt.zero_grad()

@@ -25,10 +25,10 @@ class StudySettings:
     replicas: int = 256
     windows: int = 2000
     stride: int = 10
-    identity_frames: int = 20000
+    identity_frames: int = 200000
     score_steps: int = 1500
     score_frames: int = 50000
-    fp_weight: float = 1.0
+    fp_weight: float = 10.0
     tur_steps: int = 200
     seed: int = 0
 
