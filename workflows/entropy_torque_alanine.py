@@ -12,6 +12,10 @@ wrapped change of phi per step. Beside it, per torque:
 - generator form tau/kT E[b . grad phi]: the drift identity with E[L(-U/kT)] = 0 (stationarity) subtracted as a
   control variate, which leaves only the torque's part (div of tau grad phi is 0); one force call per frame;
 - TUR lower bound from the phi current;
+- with ``--score``: the score-based estimate E[v D^-1 v], v = b - D s, with s the steady-state score learned by an
+  all-atom GNN energy model (the package's pipeline, a few minutes of training on the first half of the run's
+  windows, evaluated on the second half); a score error ds biases it up by E[ds D ds], measured by the control's
+  value (its sigma is 0), so "score-based - control" is the bias-corrected estimate;
 
 and the equilibrium control (tau = 0), where every estimator should give zero. Default torques 90 and 150 kJ/mol/rad
 (36 and 60 kT/rad): at 60 phi stalls for ~1 ps at -0.8 and +1.5 rad (the steepest barrier slopes), too slow for a
@@ -21,6 +25,7 @@ replicas, phi histograms) to ``--out``. Runs write checkpoints, so an interrupte
 
     python workflows/entropy_torque_alanine.py            # ~15 min on one CPU core
     python workflows/entropy_torque_alanine.py --quick    # < 2 min, for tests (writes to runs/)
+    python workflows/entropy_torque_alanine.py --score    # + learned-score rows (3 min of training per torque)
 """
 
 import argparse
@@ -30,14 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from molscore.analysis.autocorrelation import block_average
 from molscore.analysis.report import format_with_error, write_table
 from molscore.files import atomic_write, write_text_atomic
+from molscore.interfaces.trajectory_files import write_trajectory
 from molscore.nonequilibrium import Estimate, drift_identity, load_driven_system, path_estimate, run_steady_state, tur_bound
+from molscore.nonequilibrium.estimators import score_based
 from molscore.nonequilibrium.molecular import dihedral_angle, dihedral_increment, dihedral_velocity
+from molscore.pipeline import load_run_config, stages
+from molscore.system import load_system
 
 SYSTEM = "alanine_dipeptide_torque"
 QUICK = {  # the full defaults are the ``run`` settings of the system's driven.yaml
@@ -45,6 +55,12 @@ QUICK = {  # the full defaults are the ``run`` settings of the system's driven.y
     "stride": 20, "drift_identity_frames": 16,
 }  # fmt: skip
 COLUMNS = ["torque (kJ/mol/rad)", "estimator", "sigma (kB/ps)", "z vs measured", "samples", "seconds"]
+SCORE_MODEL = {  # all-atom GNN energy model as in workflows/alanine_dipeptide.py; small batches: ~20 ms per frame on CPU
+    "model": {"parameterisation": "energy", "network": "gnn",
+              "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2}},
+    "train": {"steps": 20000, "batch_size": 32, "learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4,
+              "validation_every": 250, "fit_steps_to_budget": True},
+}  # fmt: skip
 
 
 def estimates(system, run, torque: float, kT: float, di_frames: int, control_di: Estimate | None) -> list[Estimate]:
@@ -79,6 +95,53 @@ def estimates(system, run, torque: float, kT: float, di_frames: int, control_di:
         )  # fmt: skip
         out.append(tur_bound(run.currents["dphi"], wt, method="TUR bound (phi current)"))
     return out
+
+
+def learned_score(system, run, folder: Path, minutes: float, max_frames: int, progress: bool) -> tuple[Estimate, dict]:
+    """Score-based estimate with a learned steady-state score: the first half of the run's windows (all replicas)
+    becomes an MD folder, an all-atom GNN energy model is trained on it through the pipeline (``minutes`` of
+    wall clock; 1 replica held out for validation, 1 for the unused test split; every k-th window, k such that a
+    replica keeps ~200: consecutive windows are nearly identical, and the validation loss costs 16 passes over its
+    replica's frames), and
+    sigma = E[v D^-1 v], v = b - D F_theta / kT, is evaluated on at most ``max_frames`` evenly spaced windows x
+    replicas of the second half. An existing ``folder/model.safetensors`` is reused (delete the folder to retrain).
+    Returns the estimate and the training summary (steps, train_seconds; stride, windows: the data used)."""
+    mol = load_system(system.parameters["system"])
+    n_half = run.samples.shape[0] // 2
+    stride = max(1, n_half // 200)
+    md = folder / "md"
+    cfg = load_run_config({
+        **SCORE_MODEL, "system": mol.name, "run_dir": str(folder), "dtype": "float32",
+        "data": {"source": str(md), "resolution": "all", "n_validation_replicas": 1, "n_test_replicas": 1,
+                 "stride": stride},
+        "train": {**SCORE_MODEL["train"], "max_minutes": minutes},
+    })  # fmt: skip
+    if not (folder / "model.safetensors").exists():
+        if not (folder / "data" / "test.npy").exists():
+            md.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(md / "topology.pdb", Path(mol.structure).read_text())
+            for r in range(run.samples.shape[1]):
+                replica = md / f"replica_{r:03d}"
+                replica.mkdir(exist_ok=True)
+                write_trajectory(replica / "chunk_000000.dcd", run.samples[:n_half, r].numpy(), mol.structure)
+            stages.prepare_data(cfg)
+        stages.train(cfg, progress)
+    summary = yaml.safe_load((folder / "train" / "summary.yaml").read_text()) | {"stride": stride, "windows": n_half}
+    model = stages._load_model(cfg)
+    kT = system.parameters["kT"]
+    if abs(model.kT - kT) > 1e-6 * kT:
+        raise ValueError(f"{folder}: model kT {model.kT} differs from the system's {kT}")
+
+    def score(x):  # s = F_theta / kT (1/nm); the model centres the positions itself
+        return model.forces(x.to(model.dtype)).to(x.dtype) / kT
+
+    test = run.samples[n_half:]
+    keep = np.unique(np.linspace(0, len(test) - 1, max(2, math.ceil(max_frames / test.shape[1]))).round().astype(int))
+    est = score_based(system.drift, system.diffusion, score, test[keep], batch_size=256)
+    est.method = (
+        f"score-based, learned GNN energy score ({summary['steps']} steps, {summary['train_seconds']:.0f} s training)"
+    )
+    return est, summary
 
 
 def simulate(system, settings: dict, production_ps: float, seed: int, checkpoint: Path, progress: bool):
@@ -159,6 +222,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output folder (default workflows/results/entropy; quick: runs/...)")
     parser.add_argument("--checkpoints", help="checkpoint folder (default runs/entropy_torque_alanine[_quick]/checkpoints)")
+    parser.add_argument("--score", action="store_true", help="add the score-based estimate with a learned score")
+    parser.add_argument("--score-minutes", type=float, default=3.0, help="training budget per torque (min; --score)")
+    parser.add_argument("--score-frames", type=int, default=4096, help="frames for the score-based estimate (--score)")
+    parser.add_argument("--score-dir", help="model run folders (default runs/entropy_torque_alanine[_quick]/score)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     control, defaults = load_driven_system(SYSTEM, torque=0.0)
@@ -177,6 +244,7 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out or (f"runs/entropy_torque_alanine{suffix}" if args.quick else "workflows/results/entropy"))
     ckpt_dir = Path(args.checkpoints or f"runs/entropy_torque_alanine{suffix}/checkpoints")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    score_dir = Path(args.score_dir or f"runs/entropy_torque_alanine{suffix}/score")
     torch.set_num_threads(1)
     progress = not args.no_progress
 
@@ -185,7 +253,7 @@ def main(argv=None) -> list[dict]:
     kT = control.parameters["kT"]
     dt = control.timestep
 
-    rows, series, info, control_di = [], {}, [], None
+    rows, series, info, control_di, control_score = [], {}, [], None, None
     for tau, system in [(0.0, control), *systems.items()]:
         label = f"tau = {tau:g} kJ/mol/rad"
         ps = settings["control_ps"] if tau == 0 else settings["production_ps"]
@@ -204,6 +272,21 @@ def main(argv=None) -> list[dict]:
         di = next(e for e in results if e.method.startswith("drift identity ("))
         if tau == 0:
             control_di = di
+        if args.score:
+            est, summary = learned_score(
+                system, run, score_dir / f"torque_{tau:g}", args.score_minutes, args.score_frames, progress
+            )
+            results.append(est)
+            if tau == 0:
+                control_score = est
+            else:
+                results.append(est.minus(control_score, "score-based - control (score-error bias removed)"))
+            info.append(
+                f"  learned score: GNN energy model trained {summary['steps']} steps in {summary['train_seconds']:.0f} s "
+                f"on the first {summary['windows']} windows (stride {summary['stride']}) of {run.samples.shape[1] - 2} "
+                f"replicas ({score_dir / f'torque_{tau:g}'}); score-based estimate on {est.n_samples} frames of the "
+                f"second half in {est.seconds:.0f} s (the table's seconds)"
+            )
         measured = results[0]
         for est in results:
             z = None
