@@ -171,8 +171,11 @@ class MoleculeForces:
         out = np.empty(frames.shape)
         for b, frame in enumerate(frames):
             self._context.setPositions(frame)
-            # straight into the array, in OpenMM's kJ/(mol nm): State.getForces' unit wrapping costs as much as the forces
-            self._context.getState(getForces=True)._getVectorAsNumpy(openmm.State.Forces, out[b])
+            state = self._context.getState(getForces=True)
+            if hasattr(state, "_getVectorAsNumpy"):  # straight into the array, in kJ/(mol nm): getForces' unit
+                state._getVectorAsNumpy(openmm.State.Forces, out[b])  # wrapping costs as much as the forces
+            else:  # public API, for OpenMM versions without the private helper
+                out[b] = state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer)
         return torch.as_tensor(out).to(device=pos.device, dtype=pos.dtype)
 
 
