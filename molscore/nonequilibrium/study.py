@@ -18,7 +18,8 @@ class StudySettings:
 
     replicas, windows, stride : the steady-state run (windows of ``stride`` steps per replica)
     identity_frames : frames (over all replicas) for the drift identity, taken evenly from the run
-    score_steps, fp_weight : steady-state score training (first half of the run); evaluated on the second half
+    score_steps, score_width, fp_weight : steady-state score training (first half of the run: steps, width of the
+        three hidden layers, FP-residual weight); evaluated on the second half
     tur_steps : training steps of the learned TUR current
     """
 
@@ -28,6 +29,7 @@ class StudySettings:
     identity_frames: int = 200000
     score_steps: int = 1500
     score_frames: int = 50000
+    score_width: int = 128
     fp_weight: float = 10.0
     tur_steps: int = 200
     seed: int = 0
@@ -72,7 +74,8 @@ def _estimate(system: DrivenSystem, settings: StudySettings, progress: bool) -> 
     half = len(run.samples) // 2
     score, log = fit_steady_state_score(
         system, _thin(run.samples[:half], settings.score_frames), steps=settings.score_steps,
-        fp_weight=settings.fp_weight, seed=settings.seed, progress=progress,
+        fp_weight=settings.fp_weight,
+        hidden=(settings.score_width,) * 3, seed=settings.seed, progress=progress,
     )  # fmt: skip
     out["score"] = score_based(system.drift, system.diffusion, score, _thin(run.samples[half:], settings.identity_frames))
     out["score"].seconds += log["seconds"]
