@@ -6,44 +6,24 @@ as Delta t -> 0. Maximising the ratio over d (an MLP) on one half of the transit
 other gives a lower bound that becomes tight as the weight field is learned (Otsubo et al., PRE 2020).
 """
 
-import math
 import time
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from molscore.nonequilibrium.coordinate_network import CoordinateNetwork
 from molscore.nonequilibrium.estimators import Estimate, tur_bound
 
 
-class CurrentWeights(nn.Module):
+class CurrentWeights(CoordinateNetwork):
     """Weight field d(x) : (B, N, d) -> (B, N, d), an MLP over standardised (or periodic) coordinates."""
 
     def __init__(self, mean: Tensor, std: Tensor, period: float | None = None, hidden=(64, 64)):
-        super().__init__()
-        if period:  # an unwrapped ring coordinate drifts: its spread says nothing, the period sets the scale
-            mean, std = (
-                torch.zeros_like(torch.as_tensor(mean)),
-                torch.full_like(torch.as_tensor(std), period / (2 * math.pi)),
-            )
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.get_default_dtype()))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.get_default_dtype()))
-        self.period = period
-        n_in = self.mean.numel() * (2 if period else 1)
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(n_in, width), nn.SiLU()]
-            n_in = width
-        layers.append(nn.Linear(n_in, self.mean.numel()))
-        self.net = nn.Sequential(*layers)
+        super().__init__(mean, std, period, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.period:
-            angle = (2 * math.pi / self.period) * x.flatten(1)
-            h = torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)
-        else:
-            h = ((x - self.mean) / self.std).flatten(1)
-        return self.net(h).view_as(x) / self.std
+        return self.net(self.features(x)).view_as(x) / self.std
 
     def current(self, x: Tensor, x_next: Tensor) -> Tensor:
         """J = d(midpoint) . (x' - x) for transitions ``(B, N, d)`` -> (B,)."""

@@ -14,14 +14,15 @@ import math
 import time
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from molscore.nonequilibrium.coordinate_network import CoordinateNetwork
 from molscore.nonequilibrium.divergence import divergence
 from molscore.nonequilibrium.driven_system import DrivenSystem
 
 
-class SteadyStateScore(nn.Module):
+class SteadyStateScore(CoordinateNetwork):
     """Noise-conditional score network ``s(x, noise) -> (B, N, d)`` per unit length.
 
     Parameters
@@ -33,28 +34,8 @@ class SteadyStateScore(nn.Module):
     """
 
     def __init__(self, mean: Tensor, std: Tensor, period: float | None = None, hidden=(128, 128, 128), noise_min=0.02):
-        super().__init__()
-        if period:  # an unwrapped ring coordinate drifts: its spread says nothing, the period sets the scale
-            mean, std = (
-                torch.zeros_like(torch.as_tensor(mean)),
-                torch.full_like(torch.as_tensor(std), period / (2 * math.pi)),
-            )
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.get_default_dtype()))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.get_default_dtype()))
-        self.period, self.noise_min = period, float(noise_min)
-        n_in = self.mean.numel() * (2 if period else 1) + 1
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(n_in, width), nn.SiLU()]
-            n_in = width
-        layers.append(nn.Linear(n_in, self.mean.numel()))
-        self.net = nn.Sequential(*layers)
-
-    def features(self, x: Tensor) -> Tensor:
-        if self.period:
-            angle = (2 * math.pi / self.period) * x.flatten(1)
-            return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)
-        return ((x - self.mean) / self.std).flatten(1)
+        super().__init__(mean, std, period, hidden, n_extra=1)
+        self.noise_min = float(noise_min)
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """Score at ``x : (B, N, d)`` for noise levels ``noise : (B,)`` (units of std; default ``noise_min``)."""
