@@ -1,0 +1,164 @@
+"""A sampled path ensemble: unique paths with their Monte Carlo multiplicities, written as chunks as it grows.
+
+Shooting keeps each chain's current path; after every move the current path counts once. The ensemble stores
+each accepted path once (frames every ``save_every`` steps, the last frame always) and, per move and chain,
+which path was current: path averages are weighted by how many moves each path was current. Chunks of new
+paths are appended as ``chunk_#####.npz`` files, so an interrupted run keeps what it sampled.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from molscore.files import atomic_write
+from molscore.paths.path_batch import PathBatch
+
+
+class PathEnsemble:
+    """Unique paths, per-move bookkeeping and path statistics.
+
+    Attributes
+    ----------
+    paths : list of ndarray (F_i, N, d) float32, nm: saved frames of each unique path
+    steps : list of int, path length in steps
+    max_energy : list of float, the highest potential energy along the path at full resolution, kJ/mol (NaN if
+        the force field gives no energy)
+    chain, move : list of int, the chain and move that produced each path (move -1: initial path)
+    history : list of ndarray (C,) int, the index of each chain's current path after each move
+    accepted : list of ndarray (C,) bool, per move
+    decorrelated : ndarray (C,) int, decorrelated paths per chain (no frame in common with the previous one)
+    """
+
+    def __init__(self, n_chains: int, dt: float, save_every: int = 1):
+        self.dt, self.save_every = float(dt), int(save_every)
+        self.paths: list[np.ndarray] = []
+        self.steps: list[int] = []
+        self.max_energy: list[float] = []
+        self.chain: list[int] = []
+        self.move: list[int] = []
+        self.history: list[np.ndarray] = []
+        self.accepted: list[np.ndarray] = []
+        self.decorrelated = np.zeros(n_chains, dtype=np.int64)
+        self._written = 0  # paths already in chunk files
+        self._chunks = 0
+
+    def add(self, batch: PathBatch, chains: np.ndarray, move: int) -> np.ndarray:
+        """Store the paths of ``batch`` (one per entry of ``chains``); returns their indices."""
+        first = len(self.paths)
+        pos = batch.positions.detach().to("cpu", torch.float32).numpy()
+        energies = batch.energies.detach().to("cpu", torch.float64).numpy()
+        for i, chain in enumerate(chains):
+            n = int(batch.lengths[i])
+            frames = sorted(set(range(0, n + 1, self.save_every)) | {n})
+            self.paths.append(pos[frames, i].copy())
+            self.steps.append(n)
+            e = energies[: n + 1, i]
+            self.max_energy.append(float(np.max(e)) if np.isfinite(e).all() else float("nan"))
+            self.chain.append(int(chain))
+            self.move.append(int(move))
+        return np.arange(first, len(self.paths))
+
+    def record(self, current: np.ndarray, accepted: np.ndarray) -> None:
+        """Book one move: the index of each chain's current path (C,) and which chains accepted (C,)."""
+        self.history.append(np.asarray(current, dtype=np.int64).copy())
+        self.accepted.append(np.asarray(accepted, dtype=bool).copy())
+
+    @property
+    def n_moves(self) -> int:
+        return len(self.history)
+
+    def weights(self, burn_in: int = 0) -> np.ndarray:
+        """Multiplicity (n_paths,) of each unique path over the moves after ``burn_in`` (all chains)."""
+        if self.n_moves <= burn_in:
+            raise ValueError(f"burn_in={burn_in} discards all {self.n_moves} moves; sample longer or lower it")
+        counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths))
+        return counts.astype(float)
+
+    def acceptance(self, burn_in: int = 0) -> float:
+        return float(np.mean(self.accepted[burn_in:])) if self.accepted[burn_in:] else float("nan")
+
+    def path_lengths(self) -> np.ndarray:
+        """Path lengths (n_paths,) in time units (ps)."""
+        return np.asarray(self.steps) * self.dt
+
+    def summary(self, burn_in: int = 0) -> dict:
+        """Acceptance, decorrelated paths, weighted mean / std of the path length (ps) and of the max energy."""
+        w = self.weights(burn_in)
+        lengths, emax = self.path_lengths(), np.asarray(self.max_energy)
+
+        def mean_std(v):
+            ok = np.isfinite(v) & (w > 0)
+            if not ok.any():
+                return float("nan"), float("nan")
+            m = np.average(v[ok], weights=w[ok])
+            return float(m), float(np.sqrt(np.average((v[ok] - m) ** 2, weights=w[ok])))
+
+        return {
+            "moves": self.n_moves,
+            "chains": len(self.decorrelated),
+            "acceptance": self.acceptance(burn_in),
+            "unique paths": int((w > 0).sum()),
+            "decorrelated paths": int(self.decorrelated.sum()),
+            "path length ps": mean_std(lengths),
+            "max energy kJ/mol": mean_std(emax),
+        }
+
+    # files -------------------------------------------------------------------------------------------
+    def write_chunk(self, folder: Path) -> None:
+        """Append the paths added since the last chunk as ``chunk_#####.npz`` (atomic)."""
+        new = range(self._written, len(self.paths))
+        if not len(new):
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = [self.paths[i] for i in new]
+        data = {
+            "frames": np.concatenate(frames),
+            "offsets": np.cumsum([0] + [len(f) for f in frames]),
+            "steps": np.asarray([self.steps[i] for i in new]),
+            "max_energy": np.asarray([self.max_energy[i] for i in new]),
+            "chain": np.asarray([self.chain[i] for i in new]),
+            "move": np.asarray([self.move[i] for i in new]),
+        }
+        with atomic_write(folder / f"chunk_{self._chunks:05d}.npz") as tmp:
+            np.savez(tmp, **data)
+        self._written = len(self.paths)
+        self._chunks += 1
+
+    def bookkeeping(self) -> dict:
+        """History, acceptance and decorrelation counts as tensors (for a checkpoint)."""
+        n = len(self.decorrelated)
+        return {
+            "history": torch.as_tensor(np.array(self.history, dtype=np.int64).reshape(-1, n)),
+            "accepted": torch.as_tensor(np.array(self.accepted, dtype=bool).reshape(-1, n)),
+            "decorrelated": torch.as_tensor(self.decorrelated),
+            "written": self._written,
+            "chunks": self._chunks,
+        }
+
+    @classmethod
+    def restore(cls, folder: Path, bookkeeping: dict, dt: float, save_every: int) -> "PathEnsemble":
+        """Rebuild an ensemble from its chunk files and :meth:`bookkeeping`; chunks written after it are removed."""
+        out = cls(len(bookkeeping["decorrelated"]), dt, save_every)
+        out._chunks = int(bookkeeping["chunks"])
+        for path in sorted(Path(folder).glob("chunk_*.npz"))[out._chunks :]:
+            path.unlink()
+        for path in sorted(Path(folder).glob("chunk_*.npz")):
+            with np.load(path) as data:
+                offsets = data["offsets"]
+                for i in range(len(offsets) - 1):
+                    out.paths.append(data["frames"][offsets[i] : offsets[i + 1]])
+                out.steps += data["steps"].tolist()
+                out.max_energy += data["max_energy"].tolist()
+                out.chain += data["chain"].tolist()
+                out.move += data["move"].tolist()
+        n = int(bookkeeping["written"])
+        if len(out.paths) < n:
+            raise ValueError(f"{folder}: the checkpoint counts {n} paths but the chunk files hold {len(out.paths)}")
+        for name in ("paths", "steps", "max_energy", "chain", "move"):
+            setattr(out, name, getattr(out, name)[:n])
+        out._written = n
+        out.history = list(bookkeeping["history"].numpy())
+        out.accepted = list(bookkeeping["accepted"].numpy())
+        out.decorrelated = bookkeeping["decorrelated"].numpy().copy()
+        return out
