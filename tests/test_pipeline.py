@@ -83,3 +83,10 @@ def test_stage_without_its_input_names_the_missing_stage(tmp_path):
     stages.prepare_data(cfg)
     with pytest.raises(FileNotFoundError, match="run the 'train' stage first"):
         stages.sample(cfg, progress=False)
+
+
+def test_training_without_time_for_one_step_says_so(tmp_path):
+    cfg = load_run_config(tiny_config(tmp_path, max_minutes=1e-6))
+    stages.prepare_data(cfg)
+    with pytest.raises(RuntimeError, match="raise train.max_minutes"):
+        stages.train(cfg, progress=False)

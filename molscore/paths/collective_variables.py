@@ -22,10 +22,9 @@ KINDS = ("dihedral", "distance", "coordinate", "rmsd")
 def dihedral(pos: Tensor, quartet: Tensor) -> Tensor:
     """Dihedral angles (B,), rad in [-pi, pi], of atoms ``quartet : (4,)`` in ``pos : (B, N, 3)`` nm."""
     p0, p1, p2, p3 = (pos[:, i] for i in quartet.tolist())
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
-    m1 = torch.linalg.cross(n1, b1 / b1.norm(dim=-1, keepdim=True))
-    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2  # the IUPAC convention, as mdtraj computes it
+    c1, c2 = torch.linalg.cross(b2, b3), torch.linalg.cross(b1, b2)
+    return torch.atan2((b1 * c1).sum(-1) * b2.norm(dim=-1), (c1 * c2).sum(-1))
 
 
 def kabsch_rmsd(pos: Tensor, reference: Tensor) -> Tensor:

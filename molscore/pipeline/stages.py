@@ -147,6 +147,11 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
     validation = torch.as_tensor(_load_split(cfg, "validation"))
     est = ScoreEstimator(model_spec(cfg, system, data.shape[1]), cfg.train, device=cfg.device, dtype=DTYPES[cfg.dtype])
     est.fit(data, system.kT, validation, checkpoint_dir=run_dir / "train", progress=progress)
+    if est.step == 0:
+        raise RuntimeError(
+            f"training ran no step: train.max_minutes = {cfg.train.max_minutes} was used up before the first step "
+            "(timing the stages for fit_steps_to_budget costs a few steps); raise train.max_minutes"
+        )
     h = est.history
     with open(run_dir / "train" / "history.csv", "w", newline="") as f:
         writer = csv.writer(f)
