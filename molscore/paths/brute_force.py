@@ -58,6 +58,7 @@ def fixed_length_paths(
     if len(starts) == 0:
         raise ValueError(f"none of the start frames lies in state {state_a.name!r}; give equilibrium frames in it")
     found: list[PathBatch] = []
+    last = None
     n_found, tried, next_id, batch = 0, 0, 0, 0
     bar = tqdm(total=n_paths, desc=f"paths {state_a.name} -> {state_b.name}", disable=not progress, leave=False)
     while n_found < n_paths and tried < max_tries:
@@ -68,6 +69,7 @@ def fixed_length_paths(
         seg = propagate(term, x, v, n_steps, dt, noise)
         paths, next_id = PathBatch.from_segment(seg, torch.full((len(x),), -1), next_id)
         hit = state_b.contains(state_a.cvs(paths.last()))
+        last = paths
         if hit.any():
             found.append(paths.select(hit))
             n_found += int(hit.sum())
@@ -79,26 +81,13 @@ def fixed_length_paths(
         raise NoTransitionError(
             f"none of {tried} paths of {n_steps} steps from {state_a.name!r} reached {state_b.name!r}; transitions "
             "are too rare at this temperature and length: start from a raised temperature (a term with larger kT) "
-            "or longer paths, and use the result as shooting's initial paths",
+            "or longer paths (or steering_bias), and use the result as shooting's initial paths; the error's "
+            "`paths` holds the last batch tried",
+            paths=last,
             tried=tried,
         )
-    return _first(_concat(found), n_paths), tried
-
-
-def _concat(batches: list[PathBatch]) -> PathBatch:
-    n = max(len(b.positions) for b in batches)
-    padded = [b._padded(n) for b in batches]
-    return PathBatch(
-        torch.cat([b.positions for b in padded], 1),
-        torch.cat([b.velocities for b in padded], 1),
-        torch.cat([b.energies for b in padded], 1),
-        torch.cat([b.lengths for b in padded]),
-        torch.cat([b.ids for b in padded], 1),
-    )
-
-
-def _first(paths: PathBatch, n: int) -> PathBatch:
-    return paths.select(torch.arange(min(n, paths.n_paths)))
+    paths = PathBatch.concatenate(found)
+    return paths.select(torch.arange(min(n_paths, paths.n_paths))), tried
 
 
 def harvest_transitions(
@@ -161,3 +150,21 @@ def harvest_transitions(
     time = n_steps * n_rep * dt
     info = {"steps": n_steps * n_rep, "time": time, "fraction_a": frames_in_a / max(total, 1), "rate": len(paths) / time}
     return paths, info
+
+
+def steering_bias(state: Region, spring: float):
+    """A bias force pulling the CVs towards ``state``'s centre, for building starting paths only.
+
+    Returns ``pos (B, N, d) -> -grad (spring / 2) d(pos)^2``, kJ/(mol nm), with d the state's CV distance (rad or
+    nm) and ``spring`` in kJ/mol per CV unit squared. Paths drawn with it connect A and B but are not in the
+    unbiased ensemble: shooting relaxes them (discard a burn-in).
+    """
+
+    def bias(pos: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = pos.detach().requires_grad_(True)
+            energy = 0.5 * spring * state.distance(state.cvs(x)) ** 2
+            (grad,) = torch.autograd.grad(energy.sum(), x)
+        return -grad
+
+    return bias

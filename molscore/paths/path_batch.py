@@ -44,6 +44,19 @@ class PathBatch:
         batch = cls(segment.positions, segment.velocities, segment.energies, segment.lengths.clone(), ids)
         return batch.masked(), next_id + n_frames * n_paths
 
+    @classmethod
+    def concatenate(cls, batches: list["PathBatch"]) -> "PathBatch":
+        """The paths of several batches side by side (padded to the longest)."""
+        n = max(len(b.positions) for b in batches)
+        padded = [b._padded(n) for b in batches]
+        return cls(
+            torch.cat([b.positions for b in padded], 1),
+            torch.cat([b.velocities for b in padded], 1),
+            torch.cat([b.energies for b in padded], 1),
+            torch.cat([b.lengths for b in padded]),
+            torch.cat([b.ids for b in padded], 1),
+        )
+
     @property
     def n_paths(self) -> int:
         return self.positions.shape[1]

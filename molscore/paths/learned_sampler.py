@@ -1,0 +1,473 @@
+"""A learned transition-path sampler (TPS-DPS, Seong et al. 2025): a bias force trained with the log-variance loss,
+and importance weights that make its paths exact samples of the unbiased fixed-length ensemble.
+
+The target ensemble (fixed length T): x_0 from equilibrium in A with Maxwell-Boltzmann velocities v_0, unbiased
+Langevin (BAOAB) dynamics for T steps, x_T in B. The sampler adds a force b_theta(x) to the dynamics:
+
+- training: paths tau from the biased dynamics (on-policy, or from a replay buffer of earlier rollouts, optionally
+  rolled out at an annealed higher temperature) minimise the variance over the batch of
+  R(tau) = log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0) - log 1_B^soft(x_T), with the path likelihoods
+  at the target kT from the BAOAB noise (:func:`~molscore.paths.path_dynamics.baoab_noise`) and the soft indicator
+  log 1_B^soft(x) = -d_B(x)^2 / (2 sigma_B^2), d_B the CV-space distance from x to the ball B (0 inside);
+- sampling: each biased path gets log w = log p_0 - log p_theta + log 1_B(x_T) (hard indicator, -inf outside B);
+  self-normalised weights give unbiased-ensemble averages, the effective sample size measures their quality.
+
+The optimal bias makes R constant given the start; over starts drawn from A, R still varies by the log
+probability of reaching B from each start, so the loss does not go to zero, but the weights stay exact.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from molscore.dynamics import SeededNoise
+from molscore.paths.brute_force import NoTransitionError
+from molscore.paths.path_batch import PathBatch
+from molscore.paths.path_dynamics import ForceFieldLangevin, Segment, baoab_noise, path_log_likelihood_ratio, propagate
+from molscore.paths.states import Region
+
+
+# bias networks ---------------------------------------------------------------------------------------------------
+class MLPBias(nn.Module):
+    """Bias force from an MLP over flattened coordinates (low-dimensional toy systems).
+
+    ``b(x) = force_scale * MLP((x - offset) / length_scale)``, reshaped to (B, N, d); the last layer starts at zero,
+    so training starts from the unbiased dynamics.
+
+    Parameters
+    ----------
+    n_particles, dim : N, d
+    hidden : width of the hidden layers;  n_layers : number of hidden layers
+    force_scale : kJ/(mol nm) per unit network output
+    length_scale : nm, inputs are divided by it;  offset : Tensor broadcastable to (N, d), nm, subtracted first
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        dim: int,
+        hidden: int = 64,
+        n_layers: int = 2,
+        force_scale: float = 100.0,
+        length_scale: float = 1.0,
+        offset: Tensor | None = None,
+    ):
+        super().__init__()
+        self.n_particles, self.dim = n_particles, dim
+        self.force_scale, self.length_scale = float(force_scale), float(length_scale)
+        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
+        layers, width = [], n_particles * dim
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        last = nn.Linear(width, n_particles * dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, pos: Tensor) -> Tensor:
+        """pos (B, N, d) nm -> bias force (B, N, d) kJ/(mol nm)."""
+        if pos.ndim != 3 or pos.shape[1:] != (self.n_particles, self.dim):
+            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, {self.n_particles}, {self.dim})")
+        h = ((pos - self.offset.to(pos)) / self.length_scale).flatten(1)
+        return self.force_scale * self.net(h.to(self.net[-1].weight.dtype)).view(pos.shape).to(pos)
+
+
+class EquivariantBias(nn.Module):
+    """Bias force from :class:`~molscore.nn.gnn.EquivariantGNN` (``output="score"``): E(3)-equivariant vectors.
+
+    ``b(x) = force_scale * gain * GNN(x / length_scale, t=0)``, with the learnable ``gain`` starting at 0 (the
+    dynamics start unbiased; the gradient of ``gain`` is the GNN's output, so training moves it first).
+
+    Parameters
+    ----------
+    n_particles : N (positions are (B, N, 3), nm)
+    bead_types : N ints (e.g. elements), see the GNN
+    hidden_irreps, n_layers, reflection : of the GNN (small by default)
+    force_scale : kJ/(mol nm) per unit output;  length_scale : nm per network length unit
+    cutoff : nm, interaction range of the GNN
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        bead_types: list[int] | None = None,
+        hidden_irreps: str = "16x0e+8x1o",
+        n_layers: int = 2,
+        reflection: str = "invariant",
+        force_scale: float = 100.0,
+        length_scale: float = 0.1,
+        cutoff: float = 1.0,
+    ):
+        super().__init__()
+        from molscore.nn.gnn import EquivariantGNN
+
+        self.n_particles, self.force_scale, self.length_scale = n_particles, float(force_scale), float(length_scale)
+        self.gnn = EquivariantGNN(
+            n_particles,
+            dim=3,
+            output="score",
+            bead_types=bead_types,
+            hidden_irreps=hidden_irreps,
+            n_layers=n_layers,
+            reflection=reflection,
+            cutoff=cutoff / length_scale,
+        )
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, pos: Tensor) -> Tensor:
+        """pos (B, N, 3) nm -> bias force (B, N, 3) kJ/(mol nm)."""
+        dtype = self.gain.dtype
+        out = self.gnn(pos.to(dtype) / self.length_scale, torch.zeros((), dtype=dtype, device=pos.device))
+        return (self.force_scale * self.gain * out).to(pos)
+
+
+def checked_bias(bias, pos: Tensor) -> Tensor:
+    """``bias(pos)``, raising a clear error unless it is a finite force of the positions' shape (B, N, d)."""
+    force = bias(pos)
+    if not isinstance(force, Tensor) or force.shape != pos.shape:
+        shape = tuple(force.shape) if isinstance(force, Tensor) else type(force).__name__
+        raise ValueError(f"the bias must return a force of the positions' shape {tuple(pos.shape)} (B, N, d); got {shape}")
+    return force
+
+
+# path likelihoods ------------------------------------------------------------------------------------------------
+class _RecordingLangevin(ForceFieldLangevin):
+    """ForceFieldLangevin with a (no-grad, shape-checked) bias that keeps the unbiased force of every call."""
+
+    def __init__(self, term: ForceFieldLangevin, kT: float, bias):
+        super().__init__(term.force_field, term.masses, kT, term.friction)
+        self.network = bias
+        self.bias = None if bias is None else self._bias
+        self.reference_forces: list[Tensor] = []
+
+    def _bias(self, pos: Tensor) -> Tensor:
+        with torch.no_grad():
+            return checked_bias(self.network, pos)
+
+    def energy_and_force(self, x: Tensor):
+        self.check(x)
+        self.evaluations += len(x)
+        energy, force = self.force_field(x)
+        self.reference_forces.append(force.detach())
+        if self.bias is not None:
+            force = force + self.bias(x)
+        return (None if energy is None else energy.detach()), force.detach()
+
+
+@dataclass
+class Rollout:
+    """Fixed-length paths with what the loss and the weights need (time-major).
+
+    positions : Tensor (T + 1, B, N, d), nm;  v0 : Tensor (B, N, d), nm/ps
+    reference_forces : Tensor (T + 1, B, N, d), kJ/(mol nm), the unbiased force at every frame
+    """
+
+    positions: Tensor
+    v0: Tensor
+    reference_forces: Tensor
+    segment: Segment | None = None
+
+    def __len__(self) -> int:
+        return self.positions.shape[1]
+
+    def select(self, index: Tensor) -> "Rollout":
+        return Rollout(self.positions[:, index], self.v0[index], self.reference_forces[:, index])
+
+
+def rollout(
+    term: ForceFieldLangevin, bias, starts: Tensor, v0: Tensor, n_steps: int, dt: float, noise: SeededNoise, kT=None
+) -> tuple[Rollout, int]:
+    """Run the batch ``starts, v0 : (B, N, d)`` for ``n_steps`` BAOAB steps under ``term``'s force plus ``bias``
+    (None: unbiased) at ``kT`` (default ``term.kT``), as one batch. Returns the paths and the energy evaluations."""
+    rec = _RecordingLangevin(term, term.kT if kT is None else kT, bias)
+    seg = propagate(rec, starts, v0, n_steps, dt, noise)
+    forces = torch.stack(rec.reference_forces)
+    if len(forces) != n_steps + 1:
+        raise RuntimeError(f"expected {n_steps + 1} force evaluations per path, got {len(forces)}")
+    return Rollout(seg.positions, v0, forces.to(seg.positions), seg), rec.evaluations
+
+
+def log_likelihood_ratio(paths: Rollout, bias, term: ForceFieldLangevin, dt: float) -> Tensor:
+    """log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0), (B,), at ``term``'s kT and friction.
+
+    The bias is evaluated at every frame in one batched call and carries the gradient; the unbiased force is the
+    one stored in ``paths``.
+    """
+    pos = paths.positions
+    flat = pos.reshape(-1, *pos.shape[2:])
+    forces_bias = checked_bias(bias, flat).view(pos.shape)
+    args = (term.masses.to(pos), term.kT, term.friction, dt)
+    z_theta = baoab_noise(pos, paths.v0, paths.reference_forces + forces_bias, *args)
+    with torch.no_grad():
+        z_0 = baoab_noise(pos, paths.v0, paths.reference_forces, *args)
+    return path_log_likelihood_ratio(z_theta, z_0)
+
+
+def soft_log_indicator(state_b: Region, pos: Tensor, sigma: float) -> Tensor:
+    """log 1_B^soft(x) = -d^2 / (2 sigma^2), (B,), d = max(0, |cv(x) - centre| - radius) (CV units, as sigma)."""
+    d = (state_b.distance(state_b.cvs(pos)) - state_b.radius).clamp_min(0)
+    return -0.5 * (d / sigma) ** 2
+
+
+def log_variance_loss(log_ratio: Tensor, log_target: Tensor, group_size: int = 1) -> Tensor:
+    """mean((R - mean R)^2) with R = log_ratio - log_target, both (B,).
+
+    With ``group_size > 1`` the B paths form consecutive groups sharing a start (x_0, v_0), and the mean is taken
+    within each group: the start-to-start spread of log P(B | x_0, v_0), which no bias removes, drops out.
+    """
+    r = log_ratio - log_target
+    r = r.view(-1, group_size) if group_size > 1 else r.view(1, -1)
+    return ((r - r.mean(1, keepdim=True)) ** 2).mean()
+
+
+# training --------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingSettings:
+    """How the bias is trained.
+
+    n_iterations : rollouts (each followed by ``updates_per_rollout`` gradient steps)
+    batch_size : paths per rollout;  train_batch : paths per gradient step (drawn from the replay buffer)
+    buffer_size : paths kept (the newest); ``buffer_size = train_batch = batch_size`` trains on-policy
+    learning_rate : Adam;  grad_clip : gradient-norm clip (None: none)
+    sigma_b : width of the soft indicator, CV units
+    group_size : paths per start (x_0, v_0) in a rollout; > 1 takes the variance within groups (see
+        :func:`log_variance_loss`); batch_size, train_batch and buffer_size must be multiples of it
+    anneal_kT : kT (kJ/mol) of the first rollouts, lowered linearly to the target over ``anneal_iterations``
+        (None: rollouts at the target kT); the loss is always at the target kT
+    seed : of starts and noise
+    """
+
+    n_iterations: int = 100
+    batch_size: int = 64
+    train_batch: int = 64
+    buffer_size: int = 512
+    updates_per_rollout: int = 1
+    learning_rate: float = 1e-3
+    grad_clip: float | None = 10.0
+    sigma_b: float = 0.1
+    group_size: int = 1
+    anneal_kT: float | None = None
+    anneal_iterations: int = 0
+    seed: int = 0
+
+
+@dataclass
+class TrainingLog:
+    """Per iteration: loss, fraction of rollout paths ending in B, rollout kT (kJ/mol); totals and wall time (s)."""
+
+    loss: list[float] = field(default_factory=list)
+    fraction_in_b: list[float] = field(default_factory=list)
+    kT: list[float] = field(default_factory=list)
+    energy_evaluations: int = 0
+    paths: int = 0
+    seconds: float = 0.0
+
+    @property
+    def evaluations_per_path(self) -> float:
+        return self.energy_evaluations / max(self.paths, 1)
+
+
+def _starts_in_a(starts: Tensor, state_a: Region) -> Tensor:
+    starts = starts[state_a.contains(state_a.cvs(starts))]
+    if len(starts) == 0:
+        raise ValueError(f"none of the start frames lies in state {state_a.name!r}; give equilibrium frames in it")
+    return starts
+
+
+class LearnedPathSampler:
+    """Bias-force path sampler for the fixed-length ensemble A -> B of ``n_steps`` steps.
+
+    Parameters
+    ----------
+    term : the unbiased dynamics at the target kT, :class:`ForceFieldLangevin` (its own bias is ignored)
+    bias : nn.Module, positions (B, N, d) nm -> force (B, N, d) kJ/(mol nm), e.g. :class:`MLPBias`
+    state_a, state_b : :class:`Region` of the system's CVs
+    n_steps : path length, steps;  dt : ps
+    """
+
+    def __init__(self, term: ForceFieldLangevin, bias: nn.Module, state_a: Region, state_b: Region, n_steps: int, dt: float):
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        self.term, self.bias, self.state_a, self.state_b = term, bias, state_a, state_b
+        self.n_steps, self.dt = int(n_steps), float(dt)
+        self.training_log: TrainingLog | None = None
+
+    def in_b(self, pos: Tensor) -> Tensor:
+        return self.state_b.contains(self.state_b.cvs(pos))
+
+    def _start(self, starts, index: Tensor, kT: float, noise: SeededNoise, group_size: int = 1) -> tuple[Tensor, Tensor]:
+        x = starts[index]
+        shape = (len(x) // group_size, *x.shape[1:])
+        z = noise.normal(0, shape, x.dtype, x.device, 2).repeat_interleave(group_size, 0)
+        return x, math.sqrt(kT / self.term.kT) * self.term.thermal_speed(x) * z
+
+    def train(self, starts: Tensor, settings: TrainingSettings | None = None, progress: bool = True) -> TrainingLog:
+        """Train the bias with the log-variance loss on rollouts from ``starts : (M, N, d)`` (equilibrium frames;
+        those outside A are ignored). Appends to and returns :attr:`training_log`."""
+        s = settings or TrainingSettings()
+        if any(n % s.group_size for n in (s.batch_size, s.train_batch, s.buffer_size)):
+            raise ValueError(f"batch_size, train_batch and buffer_size must be multiples of group_size={s.group_size}")
+        starts = _starts_in_a(starts, self.state_a)
+        log = self.training_log = self.training_log or TrainingLog()
+        params = [p for p in self.bias.parameters() if p.requires_grad]
+        optimiser = torch.optim.Adam(params, lr=s.learning_rate)
+        gen = torch.Generator().manual_seed(s.seed)
+        buffer: Rollout | None = None
+        clock = time.perf_counter()
+        bar = tqdm(range(s.n_iterations), desc="training path bias", disable=not progress, leave=False)
+        for it in bar:
+            kT = self.term.kT
+            if s.anneal_kT is not None and it < s.anneal_iterations:
+                kT += (s.anneal_kT - self.term.kT) * (1 - it / s.anneal_iterations)
+            noise = SeededNoise(s.seed * 2**64 + 2**62 + len(log.loss))
+            k = s.group_size
+            index = torch.randint(len(starts), (s.batch_size // k,), generator=gen).repeat_interleave(k)
+            index = index.to(starts.device)
+            x, v = self._start(starts, index, kT, noise, k)
+            paths, evaluations = rollout(self.term, self.bias, x, v, self.n_steps, self.dt, noise, kT=kT)
+            paths.segment = None
+            hit = self.in_b(paths.positions[-1])
+            buffer = paths if buffer is None else _append(buffer, paths, s.buffer_size)
+            for _ in range(s.updates_per_rollout):
+                n = min(s.train_batch, len(buffer)) // k
+                groups = torch.randperm(len(buffer) // k, generator=gen)[:n]
+                pick = (groups[:, None] * k + torch.arange(k)).flatten()
+                batch = buffer.select(pick.to(starts.device))
+                log_ratio = log_likelihood_ratio(batch, self.bias, self.term, self.dt)
+                target = soft_log_indicator(self.state_b, batch.positions[-1], s.sigma_b)
+                loss = log_variance_loss(log_ratio, target, k)
+                optimiser.zero_grad()
+                loss.backward()
+                if s.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+                optimiser.step()
+            log.loss.append(float(loss.detach()))
+            log.fraction_in_b.append(float(hit.double().mean()))
+            log.kT.append(kT)
+            log.energy_evaluations += evaluations
+            log.paths += len(paths)
+            bar.set_postfix(loss=f"{log.loss[-1]:.3g}", in_b=f"{log.fraction_in_b[-1]:.2f}", kT=f"{kT:.3g}")
+        bar.close()
+        log.seconds += time.perf_counter() - clock
+        return log
+
+    def sample(self, starts: Tensor, n_paths: int, batch_size: int = 256, seed: int = 0, progress: bool = True):
+        """``n_paths`` biased paths and their importance weights against the unbiased fixed-length ensemble.
+
+        Starts are the frames of ``starts : (M, N, d)`` in A, taken in turn (as :func:`fixed_length_paths` does),
+        with Maxwell-Boltzmann velocities at the target kT. Returns a :class:`LearnedPathSample`; raises
+        :class:`NoTransitionError` (with the sampled paths attached) if none ends in B.
+        """
+        starts = _starts_in_a(starts, self.state_a)
+        batches, log_ratios, evaluations = [], [], 0
+        bar = tqdm(total=n_paths, desc="sampling biased paths", disable=not progress, leave=False)
+        for k, first in enumerate(range(0, n_paths, batch_size)):
+            noise = SeededNoise(seed * 2**64 + 2**61 + k)
+            index = torch.arange(first, min(first + batch_size, n_paths), device=starts.device) % len(starts)
+            x, v = self._start(starts, index, self.term.kT, noise)
+            paths, n_eval = rollout(self.term, self.bias, x, v, self.n_steps, self.dt, noise)
+            with torch.no_grad():
+                log_ratios.append(-log_likelihood_ratio(paths, self.bias, self.term, self.dt))
+            batch, _ = PathBatch.from_segment(paths.segment, torch.full((len(x),), -1, device=x.device), first * 10**6)
+            batches.append(batch)
+            evaluations += n_eval
+            bar.update(len(x))
+        bar.close()
+        paths = PathBatch.concatenate(batches)
+        log_ratio = torch.cat(log_ratios)
+        in_b = self.in_b(paths.last())
+        if not in_b.any():
+            raise NoTransitionError(
+                f"none of {n_paths} biased paths of {self.n_steps} steps from {self.state_a.name!r} ended in "
+                f"{self.state_b.name!r}: train the bias longer (or at a raised temperature first); the sampled paths "
+                "are attached as .paths",
+                paths=paths,
+                tried=n_paths,
+            )
+        training = self.training_log.evaluations_per_path if self.training_log else 0.0
+        training_total = self.training_log.energy_evaluations if self.training_log else 0
+        return LearnedPathSample(paths, log_ratio, in_b, evaluations / n_paths, training_total / n_paths, training)
+
+
+def _append(buffer: Rollout, new: Rollout, size: int) -> Rollout:
+    cat = Rollout(
+        torch.cat([buffer.positions, new.positions], 1),
+        torch.cat([buffer.v0, new.v0]),
+        torch.cat([buffer.reference_forces, new.reference_forces], 1),
+    )
+    return cat.select(torch.arange(max(0, len(cat) - size), len(cat), device=new.v0.device))
+
+
+# weights ---------------------------------------------------------------------------------------------------------
+@dataclass
+class LearnedPathSample:
+    """Biased paths and their importance weights against the unbiased fixed-length ensemble A -> B.
+
+    Attributes
+    ----------
+    paths : PathBatch of all sampled paths (C paths, T + 1 frames)
+    log_ratio : Tensor (C,), log p_0(tau | x_0, v_0) - log p_theta(tau | x_0, v_0)
+    in_b : Tensor (C,) bool, whether x_T lies in B
+    evaluations_per_path : energy evaluations per sampled path (sampling only)
+    training_evaluations_per_path : the training's energy evaluations spread over the sampled paths
+    training_evaluations_per_rollout_path : the training's energy evaluations per training path
+    """
+
+    paths: PathBatch
+    log_ratio: Tensor
+    in_b: Tensor
+    evaluations_per_path: float
+    training_evaluations_per_path: float = 0.0
+    training_evaluations_per_rollout_path: float = 0.0
+
+    @property
+    def log_weights(self) -> Tensor:
+        """log w = log p_0 - log p_theta + log 1_B(x_T), (C,); -inf outside B."""
+        return self.log_ratio.masked_fill(~self.in_b, -math.inf)
+
+    @property
+    def weights(self) -> Tensor:
+        """Normalised importance weights (C,), summing to 1 (0 outside B)."""
+        return torch.softmax(self.log_weights, 0)
+
+    @property
+    def ess(self) -> float:
+        """Effective sample size (sum w)^2 / sum w^2."""
+        return float(1.0 / (self.weights**2).sum())
+
+    @property
+    def ess_fraction(self) -> float:
+        return self.ess / len(self.in_b)
+
+    @property
+    def thp(self) -> float:
+        """Target hit percentage: % of sampled paths ending in B."""
+        return 100.0 * float(self.in_b.double().mean())
+
+    def estimate(self, values: Tensor) -> tuple[float, float]:
+        """Weighted mean of a path observable ``values (C,)`` over the target ensemble and its standard error
+        (self-normalised importance sampling, delta method)."""
+        w = self.weights.to(values)
+        mean = (w * values).sum()
+        se = torch.sqrt((w**2 * (values - mean) ** 2).sum())
+        return float(mean), float(se)
+
+    def transition_probability(self) -> tuple[float, float]:
+        """P_0(x_T in B) under the unbiased dynamics from the same starts, mean of w and its standard error."""
+        w = torch.exp(self.log_ratio) * self.in_b
+        return float(w.mean()), float(w.std() / math.sqrt(len(w)))
+
+    def summary(self) -> dict:
+        return {
+            "n_paths": len(self.in_b),
+            "thp_percent": self.thp,
+            "ess": self.ess,
+            "ess_fraction": self.ess_fraction,
+            "evaluations_per_path": self.evaluations_per_path,
+            "training_evaluations_per_path": self.training_evaluations_per_path,
+        }

@@ -1,0 +1,217 @@
+"""The learned path sampler: BAOAB path likelihoods, exact importance weights, a short training run, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from molscore.dynamics import SeededNoise
+from molscore.paths import ForceFieldLangevin, NoTransitionError, fixed_length_paths, load_states, propagate
+from molscore.paths.learned_sampler import (
+    EquivariantBias,
+    LearnedPathSampler,
+    MLPBias,
+    TrainingSettings,
+    log_likelihood_ratio,
+    rollout,
+    soft_log_indicator,
+)
+from molscore.paths.path_dynamics import baoab_noise
+from molscore.system import load_system
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DT, FRICTION = 5e-3, 1.0
+
+
+class ConstantBias(torch.nn.Module):
+    """The same force (d,) on every particle, kJ/(mol nm)."""
+
+    def __init__(self, force):
+        super().__init__()
+        self.force = torch.nn.Parameter(torch.as_tensor(force, dtype=torch.float64))
+
+    def forward(self, pos):
+        return self.force.to(pos).expand_as(pos)
+
+
+@pytest.fixture(scope="module")
+def mb():
+    """Mueller-Brown: system, states A and B, the unbiased term, equilibrium frames in A."""
+    system = load_system("mueller_brown")
+    cvs, states = load_states(system)
+    a, b = states["A"], states["B"]
+    x = system.reference_samples(4000, seed=1)
+    starts = x[a.contains(cvs(x))]
+    term = ForceFieldLangevin(system.potential, system.masses, system.kT, FRICTION)
+    return system, a, b, term, starts
+
+
+def _unbiased(term, starts, n_paths, n_steps, seed=7):
+    """Unbiased paths from the frames of ``starts`` taken in turn, Maxwell-Boltzmann velocities."""
+    x = starts[torch.arange(n_paths) % len(starts)]
+    noise = SeededNoise(seed)
+    v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
+    return propagate(term, x, v, n_steps, DT, noise).positions
+
+
+def _mean_and_error(values):
+    return float(values.mean()), float(values.std() / math.sqrt(len(values)))
+
+
+# path likelihoods ------------------------------------------------------------------------------------------------
+def test_baoab_noise_recovers_the_draws_and_zero_bias_gives_zero_ratio(mb):
+    _, _, _, term, starts = mb
+    x = starts[:16]
+    noise = SeededNoise(11)
+    v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
+    bias = ConstantBias([40.0, -60.0])
+    paths, evaluations = rollout(term, bias, x, v, 50, DT, noise)
+    assert evaluations == 16 * 51
+    forces = paths.reference_forces + bias(paths.positions)
+    z = baoab_noise(paths.positions, v, forces, term.masses, term.kT, FRICTION, DT)
+    drawn = torch.stack([noise.normal(k, x.shape, x.dtype, x.device, 0) for k in range(50)])
+    torch.testing.assert_close(z, drawn, atol=1e-9, rtol=0)
+    # the stored reference forces are the unbiased force field's
+    flat = paths.positions.reshape(-1, 1, 2)
+    torch.testing.assert_close(paths.reference_forces.reshape(-1, 1, 2), term.force_field(flat)[1])
+    zero = MLPBias(1, 2).double()  # zero-initialised last layer
+    assert torch.equal(log_likelihood_ratio(paths, zero, term, DT), torch.zeros(16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("spring", [0.0, 300.0])
+def test_constant_bias_log_ratio_matches_closed_form(spring):
+    """Free particle (spring 0) and harmonic well. A BAOAB step moves x_{n+1} = x_n + dt/2 ((1 + c) u_n + s sigma z_n)
+    with u_n the velocity after the opening half kick; with the positions fixed, u_n = (x_n - x_{n-1}) / (dt/2) - u_{n-1}
+    + dt F_n / m and u_0 = v_0 + dt/2 F_0 / m, so a constant extra force f shifts every u_n by dt/2 f/m and every draw
+    by (1 + c) (dt/2) f / (m s sigma), whatever the path and the potential."""
+    mass, kT, n_steps, f = 2.0, 5.0, 40, torch.tensor([7.0, -3.0, 2.0], dtype=torch.float64)
+    well = lambda pos: (0.5 * spring * (pos**2).sum((1, 2)), -spring * pos)  # noqa: E731
+    term = ForceFieldLangevin(well, torch.tensor([mass]), kT, FRICTION)
+    x = torch.randn(5, 1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    noise = SeededNoise(5)
+    v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
+    paths, _ = rollout(term, None, x, v, n_steps, DT, noise)  # unbiased path, draws known
+    z = torch.stack([noise.normal(k, x.shape, x.dtype, x.device, 0) for k in range(n_steps)])
+    c, s = math.exp(-FRICTION * DT), math.sqrt(1 - math.exp(-2 * FRICTION * DT))
+    shift = (1 + c) * (DT / 2) * f / mass / (s * math.sqrt(kT / mass))
+    expected = 0.5 * ((z**2) - (z - shift) ** 2).sum((0, 2, 3))  # log p_f - log p_0
+    got = log_likelihood_ratio(paths, ConstantBias(f), term, DT)
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-10)
+
+
+def test_soft_indicator(mb):
+    _, _, b, _, _ = mb
+    pos = torch.tensor([[[0.623, 0.028]], [[0.623 + 0.2, 0.028]], [[0.623 + 0.45, 0.028]]], dtype=torch.float64)
+    got = soft_log_indicator(b, pos, sigma=0.1)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.5 * (0.2 / 0.1) ** 2], dtype=torch.float64))
+
+
+# importance weights ----------------------------------------------------------------------------------------------
+def test_importance_weights_reproduce_unbiased_averages(mb):
+    """A fixed bias pushing towards B: weighted averages over biased paths equal the unbiased dynamics' ones."""
+    _, a, b, term, starts = mb
+    n_paths, n_steps = 6000, 100
+    sampler = LearnedPathSampler(term, ConstantBias([25.0, -25.0]), a, b, n_steps, DT)
+    sample = sampler.sample(starts, n_paths, batch_size=3000, seed=3, progress=False)
+    assert sample.evaluations_per_path == n_steps + 1
+    reference = _unbiased(term, starts, n_paths, n_steps)
+    # mean x over the path, no condition on the end: weights p_0 / p_theta without the indicator
+    w = torch.softmax(sample.log_ratio, 0)
+    observable = sample.paths.positions[:, :, 0, 0].mean(0)
+    mean = float((w * observable).sum())
+    se = float(torch.sqrt((w**2 * (observable - mean) ** 2).sum()))
+    ref, ref_se = _mean_and_error(reference[:, :, 0, 0].mean(0))
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+    biased, biased_se = _mean_and_error(observable)
+    assert abs(biased - ref) > 6 * math.hypot(biased_se, ref_se)  # the bias matters, the weights undo it
+    # the probability of ending in B
+    p, p_se = sample.transition_probability()
+    hits = b.contains(b.cvs(reference[-1])).double()
+    p_ref, p_ref_se = _mean_and_error(hits)
+    assert abs(p - p_ref) < 4 * math.hypot(p_se, p_ref_se), (p, p_se, p_ref, p_ref_se)
+    assert sample.thp > 100 * p_ref
+    # normalised weights and ESS
+    torch.testing.assert_close(sample.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert (sample.weights[~sample.in_b] == 0).all()
+    assert 1 <= sample.ess <= int(sample.in_b.sum())
+
+
+# training --------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def brute_force_mean_x(mb):
+    """Mean x over the frames of paths A -> B of 200 steps (exact ensemble, brute force), with its error."""
+    _, a, b, term, starts = mb
+    paths, _ = fixed_length_paths(term, starts, a, b, 200, DT, 150, batch_size=8000, progress=False)
+    return _mean_and_error(paths.positions[:, :, 0, 0].mean(0))
+
+
+def test_short_training_keeps_the_weights_exact(mb, brute_force_mean_x):
+    """A few iterations (seconds): the log is complete and the reweighted ensemble still matches brute force.
+
+    A short run does not reliably raise the hit fraction on Mueller-Brown (see the slow test)."""
+    _, a, b, term, starts = mb
+    torch.manual_seed(0)
+    bias = MLPBias(1, 2, hidden=32, force_scale=30.0).double()
+    sampler = LearnedPathSampler(term, bias, a, b, 200, DT)
+    settings = TrainingSettings(n_iterations=6, batch_size=64, train_batch=64, learning_rate=1e-2, sigma_b=0.2, group_size=8)
+    log = sampler.train(starts, settings, progress=False)
+    assert len(log.loss) == len(log.fraction_in_b) == 6 and all(math.isfinite(v) for v in log.loss)
+    assert log.energy_evaluations == 6 * 64 * 201 and log.paths == 6 * 64
+    assert bias(starts[:4]).abs().max() > 0  # it moved off zero
+    sample = sampler.sample(starts, 4000, batch_size=4000, seed=1, progress=False)
+    assert sample.ess_fraction > 0
+    assert sample.training_evaluations_per_path == log.energy_evaluations / 4000
+    mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
+    ref, ref_se = brute_force_mean_x
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured: 300 iterations (146 s) left THP at 0.8 %; the training does not learn this yet")
+def test_training_raises_the_hit_fraction(mb, brute_force_mean_x):
+    _, a, b, term, starts = mb
+    torch.manual_seed(0)
+    bias = MLPBias(1, 2, hidden=64, force_scale=30.0).double()
+    sampler = LearnedPathSampler(term, bias, a, b, 200, DT)
+    settings = TrainingSettings(
+        n_iterations=300, learning_rate=3e-3, sigma_b=0.2, group_size=8, updates_per_rollout=2, anneal_kT=40.0,
+        anneal_iterations=150,
+    )  # fmt: skip
+    sampler.train(starts, settings, progress=False)
+    sample = sampler.sample(starts, 4000, batch_size=4000, seed=1, progress=False)
+    assert sample.thp > 2.5  # unbiased: ~0.5 %
+    assert sample.ess_fraction > 0
+    mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
+    ref, ref_se = brute_force_mean_x
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+
+
+# bad input -------------------------------------------------------------------------------------------------------
+def test_bias_of_the_wrong_shape_is_rejected(mb):
+    _, a, b, term, starts = mb
+    sampler = LearnedPathSampler(term, lambda pos: pos[:, 0], a, b, 10, DT)
+    with pytest.raises(ValueError, match="shape"):
+        sampler.sample(starts, 4, progress=False)
+
+
+def test_no_path_in_b_raises_with_the_paths_attached(mb):
+    _, a, b, term, starts = mb
+    sampler = LearnedPathSampler(term, ConstantBias([-50.0, 50.0]), a, b, 20, DT)
+    with pytest.raises(NoTransitionError, match="ended in") as info:
+        sampler.sample(starts, 32, batch_size=16, progress=False)
+    assert info.value.paths.n_paths == 32 and len(info.value.paths.positions) == 21
+
+
+def test_equivariant_bias_starts_at_zero_and_rotates_with_the_molecule(float64_default):
+    torch.manual_seed(0)
+    bias = EquivariantBias(5, bead_types=[0, 1, 1, 0, 2], force_scale=10.0)
+    pos = 0.15 * torch.randn(3, 5, 3)
+    assert torch.equal(bias(pos), torch.zeros_like(pos))
+    with torch.no_grad():
+        bias.gain.fill_(1.0)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    out = bias(pos)
+    assert out.abs().max() > 0
+    torch.testing.assert_close(bias(pos @ q.T), out @ q.T, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(bias(pos + 0.3), out, atol=1e-9, rtol=1e-7)
