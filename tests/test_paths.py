@@ -75,7 +75,7 @@ def test_distance_coordinate_and_rmsd_cvs(alanine_frames, tmp_path):
     }
     cvs = CollectiveVariables(spec, traj.topology, tmp_path)
     values = cvs(torch.as_tensor(traj.xyz, dtype=torch.float64)).numpy()
-    i = cvs._atoms([[0, "C"], [2, "N"]], traj.topology, "d").tolist()
+    i = cvs.atoms["d"].tolist()
     assert np.allclose(values[:, 0], np.linalg.norm(traj.xyz[:, i[0]] - traj.xyz[:, i[1]], axis=1), atol=1e-6)
     assert np.allclose(values[:, 1], traj.xyz[:, 3, 2], atol=1e-6)
     assert np.allclose(values[:, 2], mdtraj.rmsd(traj, traj[0]), atol=1e-5)

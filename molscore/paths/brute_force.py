@@ -63,11 +63,11 @@ def fixed_length_paths(
     bar = tqdm(total=n_paths, desc=f"paths {state_a.name} -> {state_b.name}", disable=not progress, leave=False)
     while n_found < n_paths and tried < max_tries:
         noise = SeededNoise(seed * 2**64 + batch)
-        idx = torch.arange(tried, tried + batch_size) % len(starts)
+        idx = torch.arange(tried, tried + batch_size, device=starts.device) % len(starts)
         x = starts[idx]
         v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, stream=2)
         seg = propagate(term, x, v, n_steps, dt, noise)
-        paths, next_id = PathBatch.from_segment(seg, torch.full((len(x),), -1), next_id)
+        paths, next_id = PathBatch.from_segment(seg, torch.full((len(x),), -1, device=x.device), next_id)
         hit = state_b.contains(state_a.cvs(paths.last()))
         last = paths
         if hit.any():
@@ -87,7 +87,7 @@ def fixed_length_paths(
             tried=tried,
         )
     paths = PathBatch.concatenate(found)
-    return paths.select(torch.arange(min(n_paths, paths.n_paths))), tried
+    return paths.select(torch.arange(min(n_paths, paths.n_paths), device=starts.device)), tried
 
 
 def harvest_transitions(

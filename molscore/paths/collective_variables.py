@@ -48,12 +48,18 @@ class CollectiveVariables:
     spec : name -> declaration (see the module docstring)
     topology : mdtraj.Topology for (residue, atom name) references, heavy-atom selections and RMSD structures
     folder : where RMSD reference structures are looked up (the system's folder)
+
+    Attributes
+    ----------
+    names : CV names, in column order;  periodic : Tensor (K,) bool
+    atoms : name -> Tensor of atom indices, for dihedral (4) and distance (2) CVs
     """
 
     def __init__(self, spec: dict, topology=None, folder: Path | None = None):
         if not spec:
             raise ValueError("no collective variables declared; add 'collective_variables' to the system.yaml")
         self.names = list(spec)
+        self.atoms: dict[str, Tensor] = {}  # name -> atom indices of a dihedral or distance CV
         self._evaluators = []
         periodic = []
         for name, entry in spec.items():
@@ -91,12 +97,12 @@ class CollectiveVariables:
 
     def _evaluator(self, name, kind, entry, topology, folder):
         if kind == "dihedral":
-            quartet = self._atoms(entry["dihedral"], topology, name)
+            quartet = self.atoms[name] = self._atoms(entry["dihedral"], topology, name)
             if len(quartet) != 4:
                 raise ValueError(f"collective variable {name!r}: a dihedral needs 4 atoms, got {len(quartet)}")
             return lambda pos: dihedral(pos, quartet)
         if kind == "distance":
-            pair = self._atoms(entry["distance"], topology, name)
+            pair = self.atoms[name] = self._atoms(entry["distance"], topology, name)
             if len(pair) != 2:
                 raise ValueError(f"collective variable {name!r}: a distance needs 2 atoms, got {len(pair)}")
             i, j = pair.tolist()

@@ -89,7 +89,7 @@ class Segment:
 
     def last(self) -> Tensor:
         """The last frame of each replica, (B, N, d)."""
-        return self.positions[self.lengths, torch.arange(len(self.lengths))]
+        return self.positions[self.lengths, torch.arange(len(self.lengths), device=self.lengths.device)]
 
 
 def propagate(

@@ -132,7 +132,8 @@ class ShootingTPS:
             both = self._segments(torch.cat([x, x]), torch.cat([-v, v]), limits, noise)
             batch, next_id = PathBatch.from_segment(both, torch.cat([ids, ids]), next_id)
             c = paths.n_paths
-            backward, forward = batch.select(torch.arange(c)), batch.select(torch.arange(c, 2 * c))
+            backward = batch.select(torch.arange(c, device=device))
+            forward = batch.select(torch.arange(c, 2 * c, device=device))
             trial = backward.reversed().then(forward)
             stopped = both.stopped[:c] & both.stopped[c:]
         else:
@@ -181,7 +182,8 @@ class ShootingTPS:
                     f"{int((~valid).sum())} initial path(s) (first {bad}) are not in the ensemble: they must start "
                     f"in {self.state_a.name}, end in {self.state_b.name}"
                     + (" with no frame between in either state" if s.flexible else f" and have {s.n_steps} steps")
-                    + "; build them with molscore.paths.initial_paths"
+                    + "; build them with molscore.paths.fixed_length_paths (fixed length, with steering_bias if "
+                    "transitions are rare) or harvest_transitions (flexible length)"
                 )
             paths = initial
             ensemble = PathEnsemble(paths.n_paths, s.dt, s.save_every)
