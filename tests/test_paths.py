@@ -222,3 +222,14 @@ def test_invalid_initial_paths_and_unreachable_states(mueller_brown):
         fixed_length_paths(term, starts, a, b, 3, dt, 4, batch_size=64, max_tries=128, progress=False)
     with pytest.raises(ValueError, match="move must be"):
         ShootingSettings(n_steps=20, dt=dt, move="three-way")
+
+
+def test_shooting_that_never_accepts_says_so_and_keeps_its_paths(mueller_brown):
+    system, term, a, b, starts = mueller_brown
+    dt = system.settings["timestep"]
+    initial, _ = fixed_length_paths(term, starts, a, b, 100, dt, 2, batch_size=2048, progress=False)
+    tps = ShootingTPS(term, a, b, ShootingSettings(n_steps=100, dt=dt))
+    tps.move = lambda paths, m, next_id: (paths, torch.zeros(paths.n_paths, dtype=torch.bool), next_id)
+    with pytest.warns(UserWarning, match="no trial path"):
+        ensemble = tps.run(initial, 3, progress=False)
+    assert len(ensemble.paths) == 2 and ensemble.n_moves == 3

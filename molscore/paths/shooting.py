@@ -18,6 +18,7 @@ corrects for the shooting frame being drawn uniformly from the L - 1 interior fr
 microscopic reversibility, exact for the Langevin equation and O(dt^2) for BAOAB.
 """
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,6 +205,13 @@ class ShootingTPS:
             ensemble.record(current, accept.cpu().numpy())
             if out is not None and ((m + 1) % checkpoint_every == 0 or m + 1 == n_moves):
                 self._checkpoint(ckpt, paths, ensemble, current, m + 1, next_id)
+        if ensemble.n_moves and not np.any(ensemble.accepted):
+            warnings.warn(
+                f"no trial path of {ensemble.n_moves} moves x {paths.n_paths} chains was accepted (none connected "
+                f"{self.state_a.name} to {self.state_b.name}); the ensemble holds only the initial paths. Try one-way "
+                "moves, a smaller velocity_refresh or longer paths",
+                stacklevel=2,
+            )
         return ensemble
 
     def _checkpoint(self, path: Path, paths: PathBatch, ensemble: PathEnsemble, current, moves: int, next_id: int):
