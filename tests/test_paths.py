@@ -204,6 +204,7 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     resumed = tps.run(initial, 8, out=tmp_path, checkpoint_every=2, progress=False)
     assert np.array_equal(np.array(resumed.history), np.array(full.history))
     assert all(np.array_equal(p, q) for p, q in zip(resumed.paths, full.paths, strict=True))
+    assert resumed.evaluations == full.evaluations > 0  # the cost counts the interrupted run's moves too
     with pytest.raises(ValueError, match="settings"):
         ShootingTPS(term, a, b, ShootingSettings(n_steps=100, dt=dt, move="two-way")).run(initial, 9, out=tmp_path)
 

@@ -79,8 +79,10 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_ensemble(label, reference, settings, term, a, b, chains, moves, burn_in, out, cv_fn, densities):
-    """Brute force (``reference``: paths and cost) against two-way and one-way shooting; returns table rows."""
+def run_ensemble(label, reference, settings, runs, a, b, chains, moves, burn_in, out, cv_fn, densities):
+    """Brute force (``reference``: paths, cost, seconds) against shooting; ``runs``: name -> (move, term).
+
+    Returns the table rows."""
     dt = settings["dt"]
     ref_paths, ref_evaluations, ref_seconds = reference
     ref_obs = _observables(ref_paths, dt, b)
@@ -93,26 +95,24 @@ def run_ensemble(label, reference, settings, term, a, b, chains, moves, burn_in,
              "evaluations / decorrelated path": f"{ref_evaluations / len(ref_paths):.3g}", "seconds": ref_seconds},
         )
     ]  # fmt: skip
-    for move in ("two-way", "one-way"):
-        start = time.perf_counter()
-        term.evaluations = 0
+    for name, (move, term) in runs.items():
         tps = ShootingTPS(term, a, b, ShootingSettings(move=move, velocity_refresh=1.0, seed=1, **settings))
-        ensemble = tps.run(_batch(ref_paths[:chains]), moves, out=out / f"{label}_{move}", progress=True)
-        seconds = time.perf_counter() - start
+        folder = out / f"{label}_{name.replace(' ', '_').replace(',', '')}"
+        ensemble = tps.run(_batch(ref_paths[:chains]), moves, out=folder, progress=True)
         obs = _observables(ensemble.paths, dt, b)
         w = ensemble.weights(burn_in)
         per_chain = obs[np.array(ensemble.history[burn_in:])].mean(0)  # (chains, 4), independent chains
         density = path_density(ensemble.paths, w, cv_fn, BINS, RANGE)[0]
-        densities[f"{label}: {move} shooting"] = (ensemble.paths, w)
+        densities[f"{label}: {name}"] = (ensemble.paths, w)
         js = float(jensenshannon(density.ravel(), ref_density.ravel()) ** 2)
         decorrelated = int(ensemble.decorrelated.sum())
         rows.append(
             _row(
-                f"{move} shooting", per_chain.mean(0), per_chain.std(0) / math.sqrt(len(per_chain)), js,
+                name, per_chain.mean(0), per_chain.std(0) / math.sqrt(len(per_chain)), js,
                 {"paths": int((w > 0).sum()), "acceptance": f"{ensemble.acceptance(burn_in):.3f}",
                  "decorrelated": decorrelated,
-                 "evaluations / decorrelated path": f"{term.evaluations / max(decorrelated, 1):.3g}",
-                 "seconds": round(seconds, 1)},
+                 "evaluations / decorrelated path": f"{ensemble.evaluations / max(decorrelated, 1):.3g}",
+                 "seconds": round(ensemble.seconds, 1)},
             )
         )  # fmt: skip
     # the floor: JS between two halves of the brute-force paths
@@ -124,6 +124,24 @@ def run_ensemble(label, reference, settings, term, a, b, chains, moves, burn_in,
     return rows
 
 
+def learned_model(run_dir: Path, steps: int):
+    """An energy model with FP regularisation (the package's pipeline on exact Boltzmann samples), in float64."""
+    from molscore.models.diffusion_model import DiffusionModel
+    from molscore.pipeline import load_run_config, stages
+
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        cfg = load_run_config({
+            "system": "mueller_brown", "run_dir": str(run_dir),
+            "data": {"source": "exact", "n_train": 100_000, "n_validation": 10_000, "n_test": 10_000},
+            "model": {"parameterisation": "energy", "network_options": {"hidden": [92, 92, 92]}},
+            "train": {"steps": steps, "batch_size": 512, "learning_rate": 1.0e-3, "fp_weight": 5.0e-4, "fp_fraction": 0.25},
+        })  # fmt: skip
+        stages.prepare_data(cfg)
+        stages.train(cfg)
+    return DiffusionModel.load(path, dtype=torch.float64)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="fixed path length in steps (dt = 5e-3 ps)")
@@ -132,6 +150,11 @@ def main(argv=None) -> int:
     parser.add_argument("--burn-in", type=int, default=30, help="moves discarded per chain")
     parser.add_argument("--reference-paths", type=int, default=600, help="fixed-length brute-force paths")
     parser.add_argument("--quick", action="store_true", help="small run (under a minute)")
+    parser.add_argument(
+        "--learned", type=int, default=0, metavar="STEPS",
+        help="also shoot with a learned force field: an energy model + FP trained for STEPS steps on exact samples "
+        "(reused if already in --out/learned_model)",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/transition_paths_mueller_brown", help="output folder")
     args = parser.parse_args(argv)
     if args.quick:
@@ -147,6 +170,11 @@ def main(argv=None) -> int:
     starts = system.reference_samples(200_000, seed=1)
     in_a = starts[a.contains(cvs(starts))]
     densities: dict = {}
+    runs = {"two-way shooting": ("two-way", term), "one-way shooting": ("one-way", term)}
+    if args.learned:
+        model = learned_model(out / "learned_model", args.learned)
+        learned = ForceFieldLangevin(model, system.masses, system.kT, system.settings["friction"])
+        runs["one-way shooting, learned FF"] = ("one-way", learned)
 
     print("brute force: transition paths from long unbiased runs ...", flush=True)
     start, term.evaluations = time.perf_counter(), 0
@@ -156,7 +184,7 @@ def main(argv=None) -> int:
     flexible = (flexible_ref, term.evaluations, round(time.perf_counter() - start, 1))
     print(f"  {len(flexible_ref)} transition paths in {info['time']:.0f} ps, rate {info['rate']:.3g}/ps", flush=True)
     rows_flexible = run_ensemble(
-        "flexible", flexible, {"n_steps": 2000, "dt": dt, "flexible": True}, term, a, b,
+        "flexible", flexible, {"n_steps": 2000, "dt": dt, "flexible": True}, runs, a, b,
         args.chains, args.moves, args.burn_in, out, cvs, densities,
     )  # fmt: skip
 
@@ -167,7 +195,7 @@ def main(argv=None) -> int:
              term.evaluations, round(time.perf_counter() - start, 1))  # fmt: skip
     print(f"  {fixed_ref.n_paths} of {tried} paths reached B ({100 * fixed_ref.n_paths / tried:.2f}%)", flush=True)
     rows_fixed = run_ensemble(
-        "fixed", fixed, {"n_steps": args.steps, "dt": dt}, term, a, b,
+        "fixed", fixed, {"n_steps": args.steps, "dt": dt}, runs, a, b,
         args.chains, args.moves, args.burn_in, out, cvs, densities,
     )  # fmt: skip
 

@@ -28,6 +28,7 @@ class PathEnsemble:
     history : list of ndarray (C,) int, the index of each chain's current path after each move
     accepted : list of ndarray (C,) bool, per move
     decorrelated : ndarray (C,) int, decorrelated paths per chain (no frame in common with the previous one)
+    evaluations, seconds : energy evaluations and wall time spent on moves, over every run (resumes included)
     """
 
     def __init__(self, n_chains: int, dt: float, save_every: int = 1):
@@ -40,6 +41,7 @@ class PathEnsemble:
         self.history: list[np.ndarray] = []
         self.accepted: list[np.ndarray] = []
         self.decorrelated = np.zeros(n_chains, dtype=np.int64)
+        self.evaluations, self.seconds = 0, 0.0
         self._written = 0  # paths already in chunk files
         self._chunks = 0
 
@@ -132,6 +134,8 @@ class PathEnsemble:
             "history": torch.as_tensor(np.array(self.history, dtype=np.int64).reshape(-1, n)),
             "accepted": torch.as_tensor(np.array(self.accepted, dtype=bool).reshape(-1, n)),
             "decorrelated": torch.as_tensor(self.decorrelated),
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
             "written": self._written,
             "chunks": self._chunks,
         }
@@ -161,4 +165,5 @@ class PathEnsemble:
         out.history = list(bookkeeping["history"].numpy())
         out.accepted = list(bookkeeping["accepted"].numpy())
         out.decorrelated = bookkeeping["decorrelated"].numpy().copy()
+        out.evaluations, out.seconds = int(bookkeeping["evaluations"]), float(bookkeeping["seconds"])
         return out

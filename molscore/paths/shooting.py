@@ -18,6 +18,7 @@ corrects for the shooting frame being drawn uniformly from the L - 1 interior fr
 microscopic reversibility, exact for the Langevin equation and O(dt^2) for BAOAB.
 """
 
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -191,6 +192,7 @@ class ShootingTPS:
             current = ensemble.add(paths, np.arange(paths.n_paths), move=-1)
             done, next_id = 0, int(paths.ids.max()) + 1
         reference_ids = [set(paths.ids[: int(n) + 1, c].tolist()) for c, n in enumerate(paths.lengths)]
+        evaluations, clock = self.term.evaluations, time.perf_counter()
         for m in tqdm(range(done, n_moves), desc="shooting", disable=not progress, initial=done, total=n_moves):
             trial, accept, next_id = self.move(paths, m, next_id)
             paths = paths.where(accept, trial).trimmed()
@@ -203,6 +205,9 @@ class ShootingTPS:
                     ensemble.decorrelated[c] += 1
                     reference_ids[c] = ids
             ensemble.record(current, accept.cpu().numpy())
+            ensemble.evaluations += self.term.evaluations - evaluations
+            ensemble.seconds += time.perf_counter() - clock
+            evaluations, clock = self.term.evaluations, time.perf_counter()
             if out is not None and ((m + 1) % checkpoint_every == 0 or m + 1 == n_moves):
                 self._checkpoint(ckpt, paths, ensemble, current, m + 1, next_id)
         if ensemble.n_moves and not np.any(ensemble.accepted):
