@@ -141,16 +141,6 @@ def test_path_batch_cuts_and_joins(mueller_brown):
     assert torch.equal(rev.velocities[0], -paths.velocities[paths.lengths, c])
 
 
-def _batch_from_arrays(paths: list[np.ndarray]) -> PathBatch:
-    n, c = max(len(p) for p in paths), len(paths)
-    pos = torch.full((n, c, *paths[0].shape[1:]), float("nan"))
-    for i, p in enumerate(paths):
-        pos[: len(p), i] = torch.as_tensor(p, dtype=torch.float64)
-    lengths = torch.tensor([len(p) - 1 for p in paths])
-    ids = torch.arange(n * c).view(n, c)
-    return PathBatch(pos, torch.zeros_like(pos), torch.full((n, c), float("nan")), lengths, ids).masked()
-
-
 def _per_path_stats(paths: list[np.ndarray], dt: float) -> np.ndarray:
     """(n_paths, 3): length (ps), mean x, mean y of the path's frames."""
     return np.array([[(len(p) - 1) * dt, p[:, 0, 0].mean(), p[:, 0, 1].mean()] for p in paths])
@@ -174,7 +164,7 @@ def test_flexible_shooting_matches_brute_force_transitions(mueller_brown):
     for move, moves in (("one-way", 120), ("two-way", 60)):
         settings = ShootingSettings(n_steps=1000, dt=dt, flexible=True, move=move, velocity_refresh=1.0, seed=5)
         tps = ShootingTPS(term, a, b, settings)
-        ensemble = tps.run(_batch_from_arrays(reference[:32]), moves, progress=False)
+        ensemble = tps.run(PathBatch.from_positions(reference[:32]), moves, progress=False)
         stats = _per_path_stats(ensemble.paths, dt)
         chain = _chain_means(ensemble, stats, burn_in=20)
         mean, err = chain.mean(0), chain.std(0) / math.sqrt(len(chain))
@@ -198,7 +188,7 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     settings = ShootingSettings(n_steps=100, dt=dt, move="one-way", seed=2)
     tps = ShootingTPS(term, a, b, settings)
     full = tps.run(initial, 8, progress=False)
-    assert tps.valid(_batch_from_arrays([full.paths[i] for i in full.history[-1]])).all()
+    assert tps.valid(PathBatch.from_positions([full.paths[i] for i in full.history[-1]])).all()
     # interrupted after 4 moves, resumed to 8: the same chains, paths and bookkeeping
     tps.run(initial, 4, out=tmp_path, checkpoint_every=2, progress=False)
     resumed = tps.run(initial, 8, out=tmp_path, checkpoint_every=2, progress=False)

@@ -44,16 +44,6 @@ from molscore.system import load_system
 BINS, RANGE = 40, ((-1.6, 1.1), (-0.4, 2.0))
 
 
-def _batch(paths: list[np.ndarray]) -> PathBatch:
-    """Brute-force paths (positions only) as shooting's initial paths (velocities are redrawn by two-way moves)."""
-    n, c = max(len(p) for p in paths), len(paths)
-    pos = torch.full((n, c, *paths[0].shape[1:]), float("nan"))
-    for i, p in enumerate(paths):
-        pos[: len(p), i] = torch.as_tensor(p, dtype=torch.float64)
-    lengths = torch.tensor([len(p) - 1 for p in paths])
-    return PathBatch(pos, torch.zeros_like(pos), torch.full((n, c), float("nan")), lengths, torch.arange(n * c).view(n, c))
-
-
 def _observables(paths: list[np.ndarray], dt: float, state_b) -> np.ndarray:
     """(n_paths, 4): path length (ps), time of the first frame in B (ps), mean x, mean y (nm)."""
     out = []
@@ -98,7 +88,7 @@ def run_ensemble(label, reference, settings, runs, a, b, chains, moves, burn_in,
     for name, (move, term) in runs.items():
         tps = ShootingTPS(term, a, b, ShootingSettings(move=move, velocity_refresh=1.0, seed=1, **settings))
         folder = out / f"{label}_{name.replace(' ', '_').replace(',', '')}"
-        ensemble = tps.run(_batch(ref_paths[:chains]), moves, out=folder, progress=True)
+        ensemble = tps.run(PathBatch.from_positions(ref_paths[:chains]), moves, out=folder, progress=True)
         obs = _observables(ensemble.paths, dt, b)
         w = ensemble.weights(burn_in)
         per_chain = obs[np.array(ensemble.history[burn_in:])].mean(0)  # (chains, 4), independent chains

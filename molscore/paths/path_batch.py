@@ -7,6 +7,7 @@ id, so two paths are decorrelated when they have no id in common.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +44,23 @@ class PathBatch:
         ids[0] = first_ids
         batch = cls(segment.positions, segment.velocities, segment.energies, segment.lengths.clone(), ids)
         return batch.masked(), next_id + n_frames * n_paths
+
+    @classmethod
+    def from_positions(cls, paths: list, dtype: torch.dtype | None = None) -> "PathBatch":
+        """Paths given as positions only, a list of arrays (L_i + 1, N, d) nm (e.g. brute-force transition paths).
+
+        Velocities are zero and energies unknown (NaN): fine as starting paths of two-way shooting, which draws
+        velocities at the shooting frame; one-way moves from such a path see zero velocities until it is replaced.
+        """
+        if not len(paths):
+            raise ValueError("no paths given")
+        n, c = max(len(p) for p in paths), len(paths)
+        pos = torch.full((n, c, *np.shape(paths[0])[1:]), float("nan"), dtype=dtype or torch.get_default_dtype())
+        for i, p in enumerate(paths):
+            pos[: len(p), i] = torch.as_tensor(np.asarray(p), dtype=pos.dtype)
+        lengths = torch.tensor([len(p) - 1 for p in paths])
+        ids = torch.arange(n * c).view(n, c)
+        return cls(pos, torch.zeros_like(pos), torch.full((n, c), float("nan"), dtype=pos.dtype), lengths, ids).masked()
 
     @classmethod
     def concatenate(cls, batches: list["PathBatch"]) -> "PathBatch":
