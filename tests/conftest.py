@@ -38,3 +38,15 @@ def workflow_script():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def mueller_brown_langevin():
+    """(system, Langevin term with the exact potential, state A, state B) of Mueller-Brown (float64 throughout)."""
+    from molscore.paths import ForceFieldLangevin, load_states
+    from molscore.system import load_system
+
+    system = load_system("mueller_brown")
+    _, states = load_states(system)
+    term = ForceFieldLangevin(system.potential, system.masses, system.kT, system.settings["friction"])
+    return system, term, states["A"], states["B"]

@@ -16,7 +16,6 @@ from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.dynamics import SeededNoise
 from molscore.paths import (
     CollectiveVariables,
-    ForceFieldLangevin,
     PathBatch,
     Region,
     ShootingSettings,
@@ -42,13 +41,9 @@ def alanine_frames():
 
 
 @pytest.fixture(scope="module")
-def mueller_brown():
-    torch.set_default_dtype(torch.float64)
-    system = load_system("mueller_brown")
-    cvs, states = load_states(system)
-    term = ForceFieldLangevin(system.potential, system.masses, system.kT, system.settings["friction"])
-    starts = system.reference_samples(40000, seed=3)
-    return system, term, states["A"], states["B"], starts
+def mueller_brown(mueller_brown_langevin):
+    system, term, a, b = mueller_brown_langevin
+    return system, term, a, b, system.reference_samples(40000, seed=3)
 
 
 def test_torch_cvs_and_states_match_mdtraj(alanine_frames):

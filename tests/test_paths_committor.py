@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from molscore.paths import CollectiveVariables, ForceFieldLangevin, Region, fixed_length_paths, load_states
+from molscore.paths import CollectiveVariables, ForceFieldLangevin, Region, fixed_length_paths
 from molscore.paths.committor import committor, transition_segment, transition_state_ensemble
 from molscore.paths.plots import path_density, plot_path_density, plot_path_lengths
 from molscore.potentials import DoubleWell
-from molscore.system import load_system
 
 pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
 Z = 4.0
@@ -70,16 +69,13 @@ def test_undecided_shots_are_counted_and_reported(double_well):
 
 
 @pytest.fixture(scope="module")
-def mueller_brown_paths():
-    torch.set_default_dtype(torch.float64)
-    system = load_system("mueller_brown")
-    _, states = load_states(system)
-    term = ForceFieldLangevin(system.potential, system.masses, system.kT, system.settings["friction"])
+def mueller_brown_paths(mueller_brown_langevin):
+    system, term, a, b = mueller_brown_langevin
     dt = system.settings["timestep"]
     starts = system.reference_samples(20000, seed=3)
-    batch, _ = fixed_length_paths(term, starts, states["A"], states["B"], 100, dt, 6, batch_size=2048, progress=False)
+    batch, _ = fixed_length_paths(term, starts, a, b, 100, dt, 6, batch_size=2048, progress=False)
     paths = [batch.positions[: int(n) + 1, c].numpy().astype(np.float32) for c, n in enumerate(batch.lengths)]
-    return system, term, states["A"], states["B"], dt, paths
+    return system, term, a, b, dt, paths
 
 
 def test_committor_rises_along_mueller_brown_transition_paths(mueller_brown_paths):

@@ -1,4 +1,4 @@
-"""The learned path sampler: BAOAB path likelihoods, exact importance weights, a short training run, bad input."""
+"""The learned path sampler: controlled-BAOAB path likelihoods, exact importance weights, a short training run, bad input."""
 
 import math
 
@@ -10,13 +10,13 @@ from molscore.paths import ForceFieldLangevin, NoTransitionError, fixed_length_p
 from molscore.paths.learned_sampler import (
     EquivariantBias,
     LearnedPathSampler,
-    MLPBias,
+    MLPControl,
     TrainingSettings,
     log_likelihood_ratio,
     rollout,
     soft_log_indicator,
+    step_states,
 )
-from molscore.paths.path_dynamics import baoab_noise
 from molscore.system import load_system
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,13 +25,13 @@ DT, FRICTION = 5e-3, 1.0
 
 
 class ConstantBias(torch.nn.Module):
-    """The same force (d,) on every particle, kJ/(mol nm)."""
+    """The same force (d,) on every particle, kJ/(mol nm), whatever the velocities and the time."""
 
     def __init__(self, force):
         super().__init__()
         self.force = torch.nn.Parameter(torch.as_tensor(force, dtype=torch.float64))
 
-    def forward(self, pos):
+    def forward(self, pos, vel=None, t=None):
         return self.force.to(pos).expand_as(pos)
 
 
@@ -60,31 +60,44 @@ def _mean_and_error(values):
 
 
 # path likelihoods ------------------------------------------------------------------------------------------------
-def test_baoab_noise_recovers_the_draws_and_zero_bias_gives_zero_ratio(mb):
+def test_controlled_rollout_draws_are_recovered_and_zero_control_gives_zero_ratio(mb):
+    """The O-step control u(x, v, t): z_theta = z_0 - dt u / (m s sigma) recovers the seeded draws exactly."""
     _, _, _, term, starts = mb
     x = starts[:16]
     noise = SeededNoise(11)
     v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
-    bias = ConstantBias([40.0, -60.0])
-    paths, evaluations = rollout(term, bias, x, v, 50, DT, noise)
+    torch.manual_seed(0)
+    control = MLPControl(1, 2, force_scale=50.0, speed_scale=7.0).double()
+    with torch.no_grad():
+        control.net[-1].weight.normal_(0, 0.5)  # a control that depends on x, v and t
+    paths, evaluations = rollout(term, control, x, v, 50, DT, noise)
     assert evaluations == 16 * 51
-    forces = paths.reference_forces + bias(paths.positions)
-    z = baoab_noise(paths.positions, v, forces, term.masses, term.kT, FRICTION, DT)
+    x_mid, v_in, v_out = step_states(paths, term, DT)
+    c, s = math.exp(-FRICTION * DT), math.sqrt(1 - math.exp(-2 * FRICTION * DT))
+    sigma, mass = math.sqrt(term.kT / float(term.masses[0])), float(term.masses[0])
+    t = torch.arange(50, dtype=torch.float64)[:, None].expand(50, 16) / 50
+    u = torch.stack([control(x_mid[n], v_in[n], t[n]) for n in range(50)])
+    z_theta = (v_out - c * v_in - DT * u / mass) / (s * sigma)
     drawn = torch.stack([noise.normal(k, x.shape, x.dtype, x.device, 0) for k in range(50)])
-    torch.testing.assert_close(z, drawn, atol=1e-9, rtol=0)
+    torch.testing.assert_close(z_theta, drawn, atol=1e-9, rtol=0)
+    z_0 = (v_out - c * v_in) / (s * sigma)
+    expected = 0.5 * ((z_0**2).sum((0, 2, 3)) - (z_theta**2).sum((0, 2, 3)))
+    torch.testing.assert_close(log_likelihood_ratio(paths, control, term, DT), expected, atol=1e-8, rtol=1e-10)
     # the stored reference forces are the unbiased force field's
     flat = paths.positions.reshape(-1, 1, 2)
     torch.testing.assert_close(paths.reference_forces.reshape(-1, 1, 2), term.force_field(flat)[1])
-    zero = MLPBias(1, 2).double()  # zero-initialised last layer
+    zero = MLPControl(1, 2).double()  # zero-initialised last layer
     assert torch.equal(log_likelihood_ratio(paths, zero, term, DT), torch.zeros(16, dtype=torch.float64))
+    # without a control the rollout is propagate's unbiased BAOAB path
+    unbiased, _ = rollout(term, None, x, v, 50, DT, noise)
+    torch.testing.assert_close(unbiased.positions, propagate(term, x, v, 50, DT, noise).positions, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("spring", [0.0, 300.0])
 def test_constant_bias_log_ratio_matches_closed_form(spring):
-    """Free particle (spring 0) and harmonic well. A BAOAB step moves x_{n+1} = x_n + dt/2 ((1 + c) u_n + s sigma z_n)
-    with u_n the velocity after the opening half kick; with the positions fixed, u_n = (x_n - x_{n-1}) / (dt/2) - u_{n-1}
-    + dt F_n / m and u_0 = v_0 + dt/2 F_0 / m, so a constant extra force f shifts every u_n by dt/2 f/m and every draw
-    by (1 + c) (dt/2) f / (m s sigma), whatever the path and the potential."""
+    """Free particle (spring 0) and harmonic well. The O step of a controlled BAOAB step is v' = c v + s sigma z + dt f / m,
+    and with the positions fixed the velocities before and after it are fixed (they do not depend on the control), so a
+    constant control f shifts every draw by dt f / (m s sigma), whatever the path and the potential."""
     mass, kT, n_steps, f = 2.0, 5.0, 40, torch.tensor([7.0, -3.0, 2.0], dtype=torch.float64)
     well = lambda pos: (0.5 * spring * (pos**2).sum((1, 2)), -spring * pos)  # noqa: E731
     term = ForceFieldLangevin(well, torch.tensor([mass]), kT, FRICTION)
@@ -93,8 +106,8 @@ def test_constant_bias_log_ratio_matches_closed_form(spring):
     v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
     paths, _ = rollout(term, None, x, v, n_steps, DT, noise)  # unbiased path, draws known
     z = torch.stack([noise.normal(k, x.shape, x.dtype, x.device, 0) for k in range(n_steps)])
-    c, s = math.exp(-FRICTION * DT), math.sqrt(1 - math.exp(-2 * FRICTION * DT))
-    shift = (1 + c) * (DT / 2) * f / mass / (s * math.sqrt(kT / mass))
+    s = math.sqrt(1 - math.exp(-2 * FRICTION * DT))
+    shift = DT * f / mass / (s * math.sqrt(kT / mass))
     expected = 0.5 * ((z**2) - (z - shift) ** 2).sum((0, 2, 3))  # log p_f - log p_0
     got = log_likelihood_ratio(paths, ConstantBias(f), term, DT)
     torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-10)
@@ -146,41 +159,41 @@ def brute_force_mean_x(mb):
     return _mean_and_error(paths.positions[:, :, 0, 0].mean(0))
 
 
-def test_short_training_keeps_the_weights_exact(mb, brute_force_mean_x):
-    """A few iterations (seconds): the log is complete and the reweighted ensemble still matches brute force.
-
-    A short run does not reliably raise the hit fraction on Mueller-Brown (see the slow test)."""
+def _trained(mb, n_iterations, batch_size):
     _, a, b, term, starts = mb
     torch.manual_seed(0)
-    bias = MLPBias(1, 2, hidden=32, force_scale=30.0).double()
-    sampler = LearnedPathSampler(term, bias, a, b, 200, DT)
-    settings = TrainingSettings(n_iterations=6, batch_size=64, train_batch=64, learning_rate=1e-2, sigma_b=0.2, group_size=8)
-    log = sampler.train(starts, settings, progress=False)
-    assert len(log.loss) == len(log.fraction_in_b) == 6 and all(math.isfinite(v) for v in log.loss)
-    assert log.energy_evaluations == 6 * 64 * 201 and log.paths == 6 * 64
-    assert bias(starts[:4]).abs().max() > 0  # it moved off zero
-    sample = sampler.sample(starts, 4000, batch_size=4000, seed=1, progress=False)
-    assert sample.ess_fraction > 0
-    assert sample.training_evaluations_per_path == log.energy_evaluations / 4000
+    control = MLPControl(1, 2, force_scale=100.0, speed_scale=math.sqrt(term.kT / 0.5), offset=torch.tensor([[-0.5, 0.7]]))
+    sampler = LearnedPathSampler(term, control.double(), a, b, 200, DT)
+    settings = TrainingSettings(
+        n_iterations=n_iterations, batch_size=batch_size, train_batch=batch_size, buffer_size=batch_size
+    )
+    return sampler, sampler.train(starts, settings, progress=False)
+
+
+def test_short_training_raises_the_hit_fraction_and_keeps_the_weights_exact(mb, brute_force_mean_x):
+    """25 iterations of 256 paths (~18 s): the reweighted ensemble matches brute force and THP rises above the unbiased
+    ~0.5 % (measured 1.05 %, ESS fraction 0.007; THP grows with longer training, see the slow test)."""
+    _, _, _, _, starts = mb
+    sampler, log = _trained(mb, 25, 256)
+    assert len(log.loss) == len(log.fraction_in_b) == 25 and all(math.isfinite(v) for v in log.loss)
+    assert log.energy_evaluations == 25 * 256 * 201 and log.paths == 25 * 256
+    sample = sampler.sample(starts, 16000, batch_size=4000, seed=1, progress=False)
+    assert sample.thp > 0.8, sample.summary()  # 16000 paths: 0.5 % unbiased is 0.06 % standard error
+    assert sample.ess_fraction > 0 and sample.training_evaluations == log.energy_evaluations
+    assert sample.evaluations_per_effective_path == (log.energy_evaluations + 16000 * 201) / sample.ess
     mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
     ref, ref_se = brute_force_mean_x
     assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured: 300 iterations (146 s) left THP at 0.8 %; the training does not learn this yet")
-def test_training_raises_the_hit_fraction(mb, brute_force_mean_x):
-    _, a, b, term, starts = mb
-    torch.manual_seed(0)
-    bias = MLPBias(1, 2, hidden=64, force_scale=30.0).double()
-    sampler = LearnedPathSampler(term, bias, a, b, 200, DT)
-    settings = TrainingSettings(
-        n_iterations=300, learning_rate=3e-3, sigma_b=0.2, group_size=8, updates_per_rollout=2, anneal_kT=40.0,
-        anneal_iterations=150,
-    )  # fmt: skip
-    sampler.train(starts, settings, progress=False)
+def test_training_reaches_a_high_hit_fraction(mb, brute_force_mean_x):
+    """Measured (100 iterations of 512 paths, ~130 s): THP ~40 %, but the ESS fraction stays ~0.001 (the weights are
+    exact, the control is far from the h-transform): the issue's ESS >= 10 % target is NOT reached."""
+    _, _, _, _, starts = mb
+    sampler, _ = _trained(mb, 100, 512)
     sample = sampler.sample(starts, 4000, batch_size=4000, seed=1, progress=False)
-    assert sample.thp > 2.5  # unbiased: ~0.5 %
+    assert sample.thp > 20.0, sample.summary()
     assert sample.ess_fraction > 0
     mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
     ref, ref_se = brute_force_mean_x
@@ -190,7 +203,7 @@ def test_training_raises_the_hit_fraction(mb, brute_force_mean_x):
 # bad input -------------------------------------------------------------------------------------------------------
 def test_bias_of_the_wrong_shape_is_rejected(mb):
     _, a, b, term, starts = mb
-    sampler = LearnedPathSampler(term, lambda pos: pos[:, 0], a, b, 10, DT)
+    sampler = LearnedPathSampler(term, lambda pos, vel, t: pos[:, 0], a, b, 10, DT)
     with pytest.raises(ValueError, match="shape"):
         sampler.sample(starts, 4, progress=False)
 

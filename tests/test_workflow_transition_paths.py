@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")  # the workflows set float64 as default
 
-def test_mueller_brown_workflow_writes_tables_and_figures(workflow_script, tmp_path, one_thread):
+
+def test_mueller_brown_workflow_writes_tables_and_figures(workflow_script, tmp_path):
     module = workflow_script("transition_paths_mueller_brown.py")
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     tables = json.loads((tmp_path / "table.json").read_text())
@@ -21,7 +23,7 @@ def test_mueller_brown_workflow_writes_tables_and_figures(workflow_script, tmp_p
 
 
 @pytest.mark.slow
-def test_alanine_workflow_quick(workflow_script, tmp_path, one_thread):
+def test_alanine_workflow_quick(workflow_script, tmp_path):
     module = workflow_script("transition_paths_alanine.py")
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "table.json").read_text())
