@@ -1,19 +1,30 @@
-"""A learned transition-path sampler (TPS-DPS, Seong et al. 2025): a bias force trained with the log-variance loss,
+"""A learned transition-path sampler (TPS-DPS, Seong et al. 2025): a control force trained with the log-variance loss,
 and importance weights that make its paths exact samples of the unbiased fixed-length ensemble.
 
 The target ensemble (fixed length T): x_0 from equilibrium in A with Maxwell-Boltzmann velocities v_0, unbiased
-Langevin (BAOAB) dynamics for T steps, x_T in B. The sampler adds a force b_theta(x) to the dynamics:
+Langevin (BAOAB) dynamics for T steps, x_T in B. Its optimal sampler is the Doob h-transform of the dynamics: an
+extra drift of the velocities proportional to grad_v log P(x_T in B | x_t, v_t), which depends on the positions, the
+velocities and the time. The sampler adds a learned control force u_theta(x, v, t) to the O (friction and noise)
+step of BAOAB,
 
-- training: paths tau from the biased dynamics (on-policy, or from a replay buffer of earlier rollouts, optionally
-  rolled out at an annealed higher temperature) minimise the variance over the batch of
-  R(tau) = log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0) - log 1_B^soft(x_T), with the path likelihoods
-  at the target kT from the BAOAB noise (:func:`~molscore.paths.path_dynamics.baoab_noise`) and the soft indicator
-  log 1_B^soft(x) = -d_B(x)^2 / (2 sigma_B^2), d_B the CV-space distance from x to the ball B (0 inside);
-- sampling: each biased path gets log w = log p_0 - log p_theta + log 1_B(x_T) (hard indicator, -inf outside B);
+    B: v += dt/2 F(x)/m;  A: x += dt/2 v;  O: v = c v + s sigma z + dt u_theta(x, v, t)/m;  A: x += dt/2 v;  B: ...
+
+(c = exp(-gamma dt), s = sqrt(1 - c^2), sigma = sqrt(kT/m), t = n/T at step n), so a step costs one force evaluation
+and the draws of a path under the control are z_theta = z_0 - delta, delta = dt u_theta / (m s sigma), with z_0 the
+draws under the unbiased dynamics (recovered from the path as in :func:`~molscore.paths.path_dynamics.baoab_noise`):
+the path log-likelihood ratio log p_theta - log p_0 = sum_n (z_0 . delta - |delta|^2 / 2) is exact.
+
+- :class:`MLPControl` (low-dimensional systems): an MLP of (x, v, t/T), which can represent the h-transform;
+  :class:`EquivariantBias` (molecules): a position-only E(3)-equivariant force from the GNN backbone, applied by the
+  same O-step drift (to O(dt) the same as adding it to the force). Velocity- and time-aware equivariant controls
+  would need a GNN with vector (velocity) inputs, which the backbone does not take yet.
+- training: paths tau from the controlled dynamics (on-policy, or from a replay buffer of earlier rollouts, optionally
+  rolled out at an annealed higher temperature) minimise, over paths that share their start (x_0, v_0) in groups,
+  the variance of R(tau) = log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0) - log 1_B^soft(x_T), with the path
+  likelihoods at the target kT and log 1_B^soft(x) = -d_B(x)^2 / (2 sigma_B^2), d_B the CV-space distance from x to
+  the ball B (0 inside). The optimal control makes R = -log P(B | x_0, v_0) (soft), constant within a group;
+- sampling: each path gets log w = log p_0 - log p_theta + log 1_B(x_T) (hard indicator, -inf outside B);
   self-normalised weights give unbiased-ensemble averages, the effective sample size measures their quality.
-
-The optimal bias makes R constant given the start; over starts drawn from A, R still varies by the log
-probability of reaching B from each start, so the loss does not go to zero, but the weights stay exact.
 """
 
 import math
@@ -27,23 +38,27 @@ from tqdm.auto import tqdm
 from molscore.dynamics import SeededNoise
 from molscore.paths.brute_force import NoTransitionError
 from molscore.paths.path_batch import PathBatch
-from molscore.paths.path_dynamics import ForceFieldLangevin, Segment, baoab_noise, path_log_likelihood_ratio, propagate
+from molscore.paths.path_dynamics import ForceFieldLangevin, Segment
 from molscore.paths.states import Region
 
+STEP_STREAM, VELOCITY_STREAM = 0, 2  # noise streams of the BAOAB draws and of the start velocities
 
-# bias networks ---------------------------------------------------------------------------------------------------
-class MLPBias(nn.Module):
-    """Bias force from an MLP over flattened coordinates (low-dimensional toy systems).
 
-    ``b(x) = force_scale * MLP((x - offset) / length_scale)``, reshaped to (B, N, d); the last layer starts at zero,
-    so training starts from the unbiased dynamics.
+# controls --------------------------------------------------------------------------------------------------------
+class MLPControl(nn.Module):
+    """Control force from an MLP over flattened positions, velocities and the time t/T (low-dimensional systems).
+
+    ``u(x, v, t) = force_scale * MLP((x - offset) / length_scale, v / speed_scale, t)``, reshaped to (B, N, d); the last
+    layer starts at zero, so training starts from the unbiased dynamics.
 
     Parameters
     ----------
     n_particles, dim : N, d
     hidden : width of the hidden layers;  n_layers : number of hidden layers
     force_scale : kJ/(mol nm) per unit network output
-    length_scale : nm, inputs are divided by it;  offset : Tensor broadcastable to (N, d), nm, subtracted first
+    length_scale : nm, positions are divided by it;  offset : Tensor broadcastable to (N, d), nm, subtracted first
+    speed_scale : nm/ps, velocities are divided by it (e.g. the thermal speed sqrt(kT/m))
+    velocity, time : whether the control sees the velocities and the time (False, False: a position-only bias)
     """
 
     def __init__(
@@ -55,12 +70,16 @@ class MLPBias(nn.Module):
         force_scale: float = 100.0,
         length_scale: float = 1.0,
         offset: Tensor | None = None,
+        speed_scale: float = 1.0,
+        velocity: bool = True,
+        time: bool = True,
     ):
         super().__init__()
         self.n_particles, self.dim = n_particles, dim
-        self.force_scale, self.length_scale = float(force_scale), float(length_scale)
+        self.force_scale, self.length_scale, self.speed_scale = float(force_scale), float(length_scale), float(speed_scale)
+        self.velocity, self.time = velocity, time
         self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        layers, width = [], n_particles * dim
+        layers, width = [], n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
         for _ in range(n_layers):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -69,19 +88,25 @@ class MLPBias(nn.Module):
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*layers, last)
 
-    def forward(self, pos: Tensor) -> Tensor:
-        """pos (B, N, d) nm -> bias force (B, N, d) kJ/(mol nm)."""
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """pos, vel (B, N, d) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, d) kJ/(mol nm)."""
         if pos.ndim != 3 or pos.shape[1:] != (self.n_particles, self.dim):
             raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, {self.n_particles}, {self.dim})")
-        h = ((pos - self.offset.to(pos)) / self.length_scale).flatten(1)
-        return self.force_scale * self.net(h.to(self.net[-1].weight.dtype)).view(pos.shape).to(pos)
+        features = [((pos - self.offset.to(pos)) / self.length_scale).flatten(1)]
+        if self.velocity:
+            features.append((vel / self.speed_scale).flatten(1))
+        if self.time:
+            features.append(t.to(pos).reshape(-1, 1))
+        h = torch.cat(features, 1).to(self.net[-1].weight.dtype)
+        return self.force_scale * self.net(h).view(pos.shape).to(pos)
 
 
 class EquivariantBias(nn.Module):
-    """Bias force from :class:`~molscore.nn.gnn.EquivariantGNN` (``output="score"``): E(3)-equivariant vectors.
+    """Position-only control from :class:`~molscore.nn.gnn.EquivariantGNN` (``output="score"``): E(3)-equivariant.
 
-    ``b(x) = force_scale * gain * GNN(x / length_scale, t=0)``, with the learnable ``gain`` starting at 0 (the
-    dynamics start unbiased; the gradient of ``gain`` is the GNN's output, so training moves it first).
+    ``u(x) = force_scale * gain * GNN(x / length_scale, t=0)``, with the learnable ``gain`` starting at 0 (the
+    dynamics start unbiased; the gradient of ``gain`` is the GNN's output, so training moves it first). Velocities and
+    time are ignored (the optimal control depends on both: this is an approximation for molecules).
 
     Parameters
     ----------
@@ -119,58 +144,39 @@ class EquivariantBias(nn.Module):
         )
         self.gain = nn.Parameter(torch.zeros(()))
 
-    def forward(self, pos: Tensor) -> Tensor:
-        """pos (B, N, 3) nm -> bias force (B, N, 3) kJ/(mol nm)."""
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """pos (B, N, 3) nm -> control force (B, N, 3) kJ/(mol nm); ``vel`` and ``t`` are ignored."""
         dtype = self.gain.dtype
         out = self.gnn(pos.to(dtype) / self.length_scale, torch.zeros((), dtype=dtype, device=pos.device))
         return (self.force_scale * self.gain * out).to(pos)
 
 
-def checked_bias(bias, pos: Tensor) -> Tensor:
-    """``bias(pos)``, raising a clear error unless it is a finite force of the positions' shape (B, N, d)."""
-    force = bias(pos)
+def checked_control(control, pos: Tensor, vel: Tensor, t: Tensor) -> Tensor:
+    """``control(pos, vel, t)``, raising a clear error unless it is a force of the positions' shape (B, N, d)."""
+    force = control(pos, vel, t)
     if not isinstance(force, Tensor) or force.shape != pos.shape:
         shape = tuple(force.shape) if isinstance(force, Tensor) else type(force).__name__
-        raise ValueError(f"the bias must return a force of the positions' shape {tuple(pos.shape)} (B, N, d); got {shape}")
+        raise ValueError(
+            f"the control must return a force of the positions' shape {tuple(pos.shape)} (B, N, d); got {shape}"
+        )
     return force
 
 
-# path likelihoods ------------------------------------------------------------------------------------------------
-class _RecordingLangevin(ForceFieldLangevin):
-    """ForceFieldLangevin with a (no-grad, shape-checked) bias that keeps the unbiased force of every call."""
-
-    def __init__(self, term: ForceFieldLangevin, kT: float, bias):
-        super().__init__(term.force_field, term.masses, kT, term.friction)
-        self.network = bias
-        self.bias = None if bias is None else self._bias
-        self.reference_forces: list[Tensor] = []
-
-    def _bias(self, pos: Tensor) -> Tensor:
-        with torch.no_grad():
-            return checked_bias(self.network, pos)
-
-    def energy_and_force(self, x: Tensor):
-        self.check(x)
-        self.evaluations += len(x)
-        energy, force = self.force_field(x)
-        self.reference_forces.append(force.detach())
-        if self.bias is not None:
-            force = force + self.bias(x)
-        return (None if energy is None else energy.detach()), force.detach()
-
-
+# controlled BAOAB and path likelihoods ---------------------------------------------------------------------------
 @dataclass
 class Rollout:
     """Fixed-length paths with what the loss and the weights need (time-major).
 
     positions : Tensor (T + 1, B, N, d), nm;  v0 : Tensor (B, N, d), nm/ps
     reference_forces : Tensor (T + 1, B, N, d), kJ/(mol nm), the unbiased force at every frame
+    velocities, energies : (T + 1, B, N, d) nm/ps and (T + 1, B) kJ/mol, or None (not kept in the replay buffer)
     """
 
     positions: Tensor
     v0: Tensor
     reference_forces: Tensor
-    segment: Segment | None = None
+    velocities: Tensor | None = None
+    energies: Tensor | None = None
 
     def __len__(self) -> int:
         return self.positions.shape[1]
@@ -178,34 +184,87 @@ class Rollout:
     def select(self, index: Tensor) -> "Rollout":
         return Rollout(self.positions[:, index], self.v0[index], self.reference_forces[:, index])
 
+    def segment(self) -> Segment:
+        n = len(self)
+        lengths = torch.full((n,), len(self.positions) - 1, dtype=torch.long, device=self.v0.device)
+        return Segment(self.positions, self.velocities, self.energies, lengths, torch.zeros_like(lengths, dtype=torch.bool))
+
+
+def _constants(term: ForceFieldLangevin, kT: float, dt: float, like: Tensor) -> tuple[Tensor, float, float, Tensor]:
+    inv_m = (1.0 / term.masses).to(like)[:, None]
+    c, s = math.exp(-term.friction * dt), math.sqrt(-math.expm1(-2.0 * term.friction * dt))
+    return inv_m, c, s, torch.sqrt(kT * inv_m)
+
 
 def rollout(
-    term: ForceFieldLangevin, bias, starts: Tensor, v0: Tensor, n_steps: int, dt: float, noise: SeededNoise, kT=None
+    term: ForceFieldLangevin, control, starts: Tensor, v0: Tensor, n_steps: int, dt: float, noise: SeededNoise, kT=None
 ) -> tuple[Rollout, int]:
-    """Run the batch ``starts, v0 : (B, N, d)`` for ``n_steps`` BAOAB steps under ``term``'s force plus ``bias``
-    (None: unbiased) at ``kT`` (default ``term.kT``), as one batch. Returns the paths and the energy evaluations."""
-    rec = _RecordingLangevin(term, term.kT if kT is None else kT, bias)
-    seg = propagate(rec, starts, v0, n_steps, dt, noise)
-    forces = torch.stack(rec.reference_forces)
-    if len(forces) != n_steps + 1:
-        raise RuntimeError(f"expected {n_steps + 1} force evaluations per path, got {len(forces)}")
-    return Rollout(seg.positions, v0, forces.to(seg.positions), seg), rec.evaluations
+    """Run the batch ``starts, v0 : (B, N, d)`` for ``n_steps`` controlled BAOAB steps under ``term``'s force field
+    (``term.bias`` is ignored) with the O-step control ``control(x, v, t)`` (None: unbiased) at ``kT`` (default
+    ``term.kT``), as one batch; step n draws ``noise.normal(n, ...)``. Returns the paths and the energy evaluations."""
+    if not term.friction > 0:
+        raise ValueError(f"the controlled BAOAB path likelihood needs friction > 0 (1/ps), got {term.friction}")
+    term.check(starts)
+    kT = term.kT if kT is None else kT
+    inv_m, c, s, sigma = _constants(term, kT, dt, starts)
+    half = 0.5 * dt
+    x, v = starts, v0
+    positions, velocities, forces, energies = [x], [v], [], []
 
+    def force_field(x):
+        energy, force = term.force_field(x)
+        forces.append(force.detach())
+        energies.append(torch.full((len(x),), math.nan).to(x) if energy is None else energy.detach().to(x))
+        return force.detach()
 
-def log_likelihood_ratio(paths: Rollout, bias, term: ForceFieldLangevin, dt: float) -> Tensor:
-    """log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0), (B,), at ``term``'s kT and friction.
-
-    The bias is evaluated at every frame in one batched call and carries the gradient; the unbiased force is the
-    one stored in ``paths``.
-    """
-    pos = paths.positions
-    flat = pos.reshape(-1, *pos.shape[2:])
-    forces_bias = checked_bias(bias, flat).view(pos.shape)
-    args = (term.masses.to(pos), term.kT, term.friction, dt)
-    z_theta = baoab_noise(pos, paths.v0, paths.reference_forces + forces_bias, *args)
     with torch.no_grad():
-        z_0 = baoab_noise(pos, paths.v0, paths.reference_forces, *args)
-    return path_log_likelihood_ratio(z_theta, z_0)
+        force = force_field(x)
+        for n in range(n_steps):
+            v = v + half * inv_m * force
+            x = x + half * v
+            kick = 0.0
+            if control is not None:  # the control sees the state the O step acts on
+                t = torch.full((len(x),), n / n_steps, dtype=x.dtype, device=x.device)
+                kick = dt * inv_m * checked_control(control, x, v, t).detach()
+            v = c * v + s * sigma * noise.normal(n, x.shape, x.dtype, x.device, STEP_STREAM) + kick
+            x = x + half * v
+            force = force_field(x)
+            v = v + half * inv_m * force
+            positions.append(x)
+            velocities.append(v)
+    paths = Rollout(torch.stack(positions), v0, torch.stack(forces), torch.stack(velocities), torch.stack(energies))
+    term.evaluations += len(starts) * (n_steps + 1)
+    return paths, len(starts) * (n_steps + 1)
+
+
+def step_states(paths: Rollout, term: ForceFieldLangevin, dt: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The states the O steps of a path acted on and what they produced, all (T, B, N, d), recovered from the
+    positions, v_0 and the unbiased forces (they do not depend on the control or kT): positions x_n + dt/2 v'_n and
+    velocities v'_n before the O step of step n (v'_n after the opening half kick), velocities after it."""
+    pos, forces = paths.positions, paths.reference_forces
+    inv_m, half = (1.0 / term.masses).to(pos)[:, None], 0.5 * dt
+    x_mid, v_in, v_out = [], [], []
+    v = paths.v0 + half * inv_m * forces[0]
+    for n in range(len(pos) - 1):
+        x_mid.append(pos[n] + half * v)
+        v_in.append(v)
+        v_out.append((pos[n + 1] - x_mid[-1]) / half)
+        v = v_out[-1] + dt * inv_m * forces[n + 1]
+    return torch.stack(x_mid), torch.stack(v_in), torch.stack(v_out)
+
+
+def log_likelihood_ratio(paths: Rollout, control, term: ForceFieldLangevin, dt: float) -> Tensor:
+    """log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0), (B,), at ``term``'s kT and friction, for the O-step
+    ``control``; the control is evaluated at all T steps in one batched call and carries the gradient."""
+    x_mid, v_in, v_out = step_states(paths, term, dt)
+    inv_m, c, s, sigma = _constants(term, term.kT, dt, x_mid)
+    n_steps, n_paths = x_mid.shape[:2]
+    t = (torch.arange(n_steps, dtype=x_mid.dtype, device=x_mid.device) / n_steps).repeat_interleave(n_paths)
+    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+    u = checked_control(control, flat(x_mid), flat(v_in), t).view(x_mid.shape)
+    z_0 = (v_out - c * v_in) / (s * sigma)
+    delta = dt * inv_m * u / (s * sigma)
+    return (z_0 * delta - 0.5 * delta**2).sum((0, 2, 3))
 
 
 def soft_log_indicator(state_b: Region, pos: Tensor, sigma: float) -> Tensor:
@@ -218,7 +277,7 @@ def log_variance_loss(log_ratio: Tensor, log_target: Tensor, group_size: int = 1
     """mean((R - mean R)^2) with R = log_ratio - log_target, both (B,).
 
     With ``group_size > 1`` the B paths form consecutive groups sharing a start (x_0, v_0), and the mean is taken
-    within each group: the start-to-start spread of log P(B | x_0, v_0), which no bias removes, drops out.
+    within each group: the start-to-start spread of log P(B | x_0, v_0), which no control removes, drops out.
     """
     r = log_ratio - log_target
     r = r.view(-1, group_size) if group_size > 1 else r.view(1, -1)
@@ -228,7 +287,7 @@ def log_variance_loss(log_ratio: Tensor, log_target: Tensor, group_size: int = 1
 # training --------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainingSettings:
-    """How the bias is trained.
+    """How the control is trained.
 
     n_iterations : rollouts (each followed by ``updates_per_rollout`` gradient steps)
     batch_size : paths per rollout;  train_batch : paths per gradient step (drawn from the replay buffer)
@@ -243,14 +302,14 @@ class TrainingSettings:
     """
 
     n_iterations: int = 100
-    batch_size: int = 64
-    train_batch: int = 64
+    batch_size: int = 512
+    train_batch: int = 512
     buffer_size: int = 512
     updates_per_rollout: int = 1
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     grad_clip: float | None = 10.0
-    sigma_b: float = 0.1
-    group_size: int = 1
+    sigma_b: float = 0.2
+    group_size: int = 16
     anneal_kT: float | None = None
     anneal_iterations: int = 0
     seed: int = 0
@@ -280,20 +339,23 @@ def _starts_in_a(starts: Tensor, state_a: Region) -> Tensor:
 
 
 class LearnedPathSampler:
-    """Bias-force path sampler for the fixed-length ensemble A -> B of ``n_steps`` steps.
+    """Controlled-dynamics path sampler for the fixed-length ensemble A -> B of ``n_steps`` steps.
 
     Parameters
     ----------
     term : the unbiased dynamics at the target kT, :class:`ForceFieldLangevin` (its own bias is ignored)
-    bias : nn.Module, positions (B, N, d) nm -> force (B, N, d) kJ/(mol nm), e.g. :class:`MLPBias`
+    control : nn.Module, ``(pos, vel (B, N, d), t (B,)) -> force (B, N, d)`` kJ/(mol nm), applied in the O step,
+        e.g. :class:`MLPControl` or :class:`EquivariantBias`
     state_a, state_b : :class:`Region` of the system's CVs
     n_steps : path length, steps;  dt : ps
     """
 
-    def __init__(self, term: ForceFieldLangevin, bias: nn.Module, state_a: Region, state_b: Region, n_steps: int, dt: float):
+    def __init__(
+        self, term: ForceFieldLangevin, control: nn.Module, state_a: Region, state_b: Region, n_steps: int, dt: float
+    ):
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-        self.term, self.bias, self.state_a, self.state_b = term, bias, state_a, state_b
+        self.term, self.control, self.state_a, self.state_b = term, control, state_a, state_b
         self.n_steps, self.dt = int(n_steps), float(dt)
         self.training_log: TrainingLog | None = None
 
@@ -303,42 +365,41 @@ class LearnedPathSampler:
     def _start(self, starts, index: Tensor, kT: float, noise: SeededNoise, group_size: int = 1) -> tuple[Tensor, Tensor]:
         x = starts[index]
         shape = (len(x) // group_size, *x.shape[1:])
-        z = noise.normal(0, shape, x.dtype, x.device, 2).repeat_interleave(group_size, 0)
+        z = noise.normal(0, shape, x.dtype, x.device, VELOCITY_STREAM).repeat_interleave(group_size, 0)
         return x, math.sqrt(kT / self.term.kT) * self.term.thermal_speed(x) * z
 
     def train(self, starts: Tensor, settings: TrainingSettings | None = None, progress: bool = True) -> TrainingLog:
-        """Train the bias with the log-variance loss on rollouts from ``starts : (M, N, d)`` (equilibrium frames;
+        """Train the control with the log-variance loss on rollouts from ``starts : (M, N, d)`` (equilibrium frames;
         those outside A are ignored). Appends to and returns :attr:`training_log`."""
         s = settings or TrainingSettings()
-        if any(n % s.group_size for n in (s.batch_size, s.train_batch, s.buffer_size)):
-            raise ValueError(f"batch_size, train_batch and buffer_size must be multiples of group_size={s.group_size}")
+        k = s.group_size
+        if any(n % k for n in (s.batch_size, s.train_batch, s.buffer_size)):
+            raise ValueError(f"batch_size, train_batch and buffer_size must be multiples of group_size={k}")
         starts = _starts_in_a(starts, self.state_a)
         log = self.training_log = self.training_log or TrainingLog()
-        params = [p for p in self.bias.parameters() if p.requires_grad]
+        params = [p for p in self.control.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(params, lr=s.learning_rate)
         gen = torch.Generator().manual_seed(s.seed)
         buffer: Rollout | None = None
         clock = time.perf_counter()
-        bar = tqdm(range(s.n_iterations), desc="training path bias", disable=not progress, leave=False)
+        bar = tqdm(range(s.n_iterations), desc="training path control", disable=not progress, leave=False)
         for it in bar:
             kT = self.term.kT
             if s.anneal_kT is not None and it < s.anneal_iterations:
                 kT += (s.anneal_kT - self.term.kT) * (1 - it / s.anneal_iterations)
             noise = SeededNoise(s.seed * 2**64 + 2**62 + len(log.loss))
-            k = s.group_size
             index = torch.randint(len(starts), (s.batch_size // k,), generator=gen).repeat_interleave(k)
-            index = index.to(starts.device)
-            x, v = self._start(starts, index, kT, noise, k)
-            paths, evaluations = rollout(self.term, self.bias, x, v, self.n_steps, self.dt, noise, kT=kT)
-            paths.segment = None
+            x, v = self._start(starts, index.to(starts.device), kT, noise, k)
+            paths, evaluations = rollout(self.term, self.control, x, v, self.n_steps, self.dt, noise, kT=kT)
             hit = self.in_b(paths.positions[-1])
+            paths = paths.select(torch.arange(len(paths), device=x.device))  # drop velocities and energies
             buffer = paths if buffer is None else _append(buffer, paths, s.buffer_size)
             for _ in range(s.updates_per_rollout):
                 n = min(s.train_batch, len(buffer)) // k
                 groups = torch.randperm(len(buffer) // k, generator=gen)[:n]
                 pick = (groups[:, None] * k + torch.arange(k)).flatten()
                 batch = buffer.select(pick.to(starts.device))
-                log_ratio = log_likelihood_ratio(batch, self.bias, self.term, self.dt)
+                log_ratio = log_likelihood_ratio(batch, self.control, self.term, self.dt)
                 target = soft_log_indicator(self.state_b, batch.positions[-1], s.sigma_b)
                 loss = log_variance_loss(log_ratio, target, k)
                 optimiser.zero_grad()
@@ -357,7 +418,7 @@ class LearnedPathSampler:
         return log
 
     def sample(self, starts: Tensor, n_paths: int, batch_size: int = 256, seed: int = 0, progress: bool = True):
-        """``n_paths`` biased paths and their importance weights against the unbiased fixed-length ensemble.
+        """``n_paths`` controlled paths and their importance weights against the unbiased fixed-length ensemble.
 
         Starts are the frames of ``starts : (M, N, d)`` in A, taken in turn (as :func:`fixed_length_paths` does),
         with Maxwell-Boltzmann velocities at the target kT. Returns a :class:`LearnedPathSample`; raises
@@ -365,15 +426,15 @@ class LearnedPathSampler:
         """
         starts = _starts_in_a(starts, self.state_a)
         batches, log_ratios, evaluations = [], [], 0
-        bar = tqdm(total=n_paths, desc="sampling biased paths", disable=not progress, leave=False)
+        bar = tqdm(total=n_paths, desc="sampling controlled paths", disable=not progress, leave=False)
         for k, first in enumerate(range(0, n_paths, batch_size)):
             noise = SeededNoise(seed * 2**64 + 2**61 + k)
             index = torch.arange(first, min(first + batch_size, n_paths), device=starts.device) % len(starts)
             x, v = self._start(starts, index, self.term.kT, noise)
-            paths, n_eval = rollout(self.term, self.bias, x, v, self.n_steps, self.dt, noise)
+            paths, n_eval = rollout(self.term, self.control, x, v, self.n_steps, self.dt, noise)
             with torch.no_grad():
-                log_ratios.append(-log_likelihood_ratio(paths, self.bias, self.term, self.dt))
-            batch, _ = PathBatch.from_segment(paths.segment, torch.full((len(x),), -1, device=x.device), first * 10**6)
+                log_ratios.append(-log_likelihood_ratio(paths, self.control, self.term, self.dt))
+            batch, _ = PathBatch.from_segment(paths.segment(), torch.full((len(x),), -1, device=x.device), first * 10**6)
             batches.append(batch)
             evaluations += n_eval
             bar.update(len(x))
@@ -383,15 +444,14 @@ class LearnedPathSampler:
         in_b = self.in_b(paths.last())
         if not in_b.any():
             raise NoTransitionError(
-                f"none of {n_paths} biased paths of {self.n_steps} steps from {self.state_a.name!r} ended in "
-                f"{self.state_b.name!r}: train the bias longer (or at a raised temperature first); the sampled paths "
+                f"none of {n_paths} controlled paths of {self.n_steps} steps from {self.state_a.name!r} ended in "
+                f"{self.state_b.name!r}: train the control longer (or at a raised temperature first); the sampled paths "
                 "are attached as .paths",
                 paths=paths,
                 tried=n_paths,
             )
-        training = self.training_log.evaluations_per_path if self.training_log else 0.0
-        training_total = self.training_log.energy_evaluations if self.training_log else 0
-        return LearnedPathSample(paths, log_ratio, in_b, evaluations / n_paths, training_total / n_paths, training)
+        training = self.training_log.energy_evaluations if self.training_log else 0
+        return LearnedPathSample(paths, log_ratio, in_b, evaluations / n_paths, training)
 
 
 def _append(buffer: Rollout, new: Rollout, size: int) -> Rollout:
@@ -406,7 +466,7 @@ def _append(buffer: Rollout, new: Rollout, size: int) -> Rollout:
 # weights ---------------------------------------------------------------------------------------------------------
 @dataclass
 class LearnedPathSample:
-    """Biased paths and their importance weights against the unbiased fixed-length ensemble A -> B.
+    """Controlled paths and their importance weights against the unbiased fixed-length ensemble A -> B.
 
     Attributes
     ----------
@@ -414,16 +474,14 @@ class LearnedPathSample:
     log_ratio : Tensor (C,), log p_0(tau | x_0, v_0) - log p_theta(tau | x_0, v_0)
     in_b : Tensor (C,) bool, whether x_T lies in B
     evaluations_per_path : energy evaluations per sampled path (sampling only)
-    training_evaluations_per_path : the training's energy evaluations spread over the sampled paths
-    training_evaluations_per_rollout_path : the training's energy evaluations per training path
+    training_evaluations : energy evaluations of the training rollouts (all of them, over all ``train`` calls)
     """
 
     paths: PathBatch
     log_ratio: Tensor
     in_b: Tensor
     evaluations_per_path: float
-    training_evaluations_per_path: float = 0.0
-    training_evaluations_per_rollout_path: float = 0.0
+    training_evaluations: int = 0
 
     @property
     def log_weights(self) -> Tensor:
@@ -442,12 +500,18 @@ class LearnedPathSample:
 
     @property
     def ess_fraction(self) -> float:
+        """ESS over the number of sampled paths (all of them, in B or not)."""
         return self.ess / len(self.in_b)
 
     @property
     def thp(self) -> float:
         """Target hit percentage: % of sampled paths ending in B."""
         return 100.0 * float(self.in_b.double().mean())
+
+    @property
+    def evaluations_per_effective_path(self) -> float:
+        """(training + sampling energy evaluations) / ESS."""
+        return (self.training_evaluations + self.evaluations_per_path * len(self.in_b)) / self.ess
 
     def estimate(self, values: Tensor) -> tuple[float, float]:
         """Weighted mean of a path observable ``values (C,)`` over the target ensemble and its standard error
@@ -469,5 +533,6 @@ class LearnedPathSample:
             "ess": self.ess,
             "ess_fraction": self.ess_fraction,
             "evaluations_per_path": self.evaluations_per_path,
-            "training_evaluations_per_path": self.training_evaluations_per_path,
+            "training_evaluations": self.training_evaluations,
+            "evaluations_per_effective_path": self.evaluations_per_effective_path,
         }
