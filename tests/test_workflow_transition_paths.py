@@ -18,7 +18,7 @@ def test_mueller_brown_workflow_writes_tables_and_figures(workflow_script, tmp_p
         assert 0 < floor < 0.7
     for name in ("table.md", "path_density_flexible.png", "path_density_fixed.png", "path_lengths.png"):
         assert (tmp_path / name).stat().st_size > 0, name
-    files = {p.name for p in (tmp_path / "flexible_one-way").iterdir()}
+    files = {p.name for p in (tmp_path / "flexible_one-way_shooting").iterdir()}
     assert "checkpoint.pt" in files and "chunk_00000.npz" in files
 
 
