@@ -10,9 +10,12 @@ from molscore.paths import ForceFieldLangevin, NoTransitionError, fixed_length_p
 from molscore.paths.learned_sampler import (
     EquivariantBias,
     LearnedPathSampler,
+    LogNormaliser,
     MLPControl,
+    StartPool,
     TrainingSettings,
     log_likelihood_ratio,
+    proposal_log_probabilities,
     rollout,
     soft_log_indicator,
     step_states,
@@ -150,6 +153,49 @@ def test_importance_weights_reproduce_unbiased_averages(mb):
     assert 1 <= sample.ess <= int(sample.in_b.sum())
 
 
+def test_start_proposal_is_normalised_and_the_defensive_part_caps_the_start_weights():
+    log_z = torch.tensor([0.0, -1.0, -20.0, 3.0], dtype=torch.float64)
+    for beta, eps in [(1.0, 0.1), (0.5, 0.2), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0)]:
+        log_q = proposal_log_probabilities(log_z, beta, eps)
+        torch.testing.assert_close(log_q.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+        if eps > 0:
+            assert float((-math.log(4) - log_q).max()) <= -math.log(eps) + 1e-12
+    torch.testing.assert_close(
+        proposal_log_probabilities(log_z, 0.0, 0.0), torch.full((4,), -math.log(4), dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="beta"):
+        proposal_log_probabilities(log_z, 1.5, 0.1)
+
+
+def test_pool_start_weights_reproduce_averages_over_the_pool(mb):
+    """A fixed, non-uniform start proposal over a pool of 8 starts and a fixed bias: the weights (1/M)/q_i p_0/p_theta
+    reproduce the unbiased averages over the pool (mass 1/M per start) and its probability of ending in B."""
+    _, a, b, term, starts = mb
+    pool = StartPool.draw(term, starts[:: len(starts) // 8][:8], a, seed=4)
+    assert len(pool) == 8 and a.contains(a.cvs(pool.positions)).all()
+    n_paths, n_steps = 4000, 100
+    log_q = torch.log_softmax(torch.linspace(-1.5, 1.5, 8, dtype=torch.float64), 0)
+    sampler = LearnedPathSampler(term, ConstantBias([10.0, -10.0]), a, b, n_steps, DT)
+    sample = sampler.sample(pool, n_paths, batch_size=4000, seed=3, progress=False, start_log_probabilities=log_q)
+    torch.testing.assert_close(sample.log_start_ratio, -math.log(8) - log_q[sample.start_index])
+    counts = torch.bincount(sample.start_index, minlength=8).double()
+    assert counts[-1] > 3 * counts[0]  # the starts follow q
+    # brute force over the same pool: its starts taken in turn, their own velocities
+    index = torch.arange(n_paths) % 8
+    reference = propagate(term, pool.positions[index], pool.velocities[index], n_steps, DT, SeededNoise(7)).positions
+    w = torch.softmax(sample.log_path_weights, 0)
+    observable = sample.paths.positions[:, :, 0, 0].mean(0)
+    mean = float((w * observable).sum())
+    se = float(torch.sqrt((w**2 * (observable - mean) ** 2).sum()))
+    ref, ref_se = _mean_and_error(reference[:, :, 0, 0].mean(0))
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+    biased, biased_se = _mean_and_error(observable)
+    assert abs(biased - ref) > 6 * math.hypot(biased_se, ref_se)
+    p, p_se = sample.transition_probability()
+    p_ref, p_ref_se = _mean_and_error(b.contains(b.cvs(reference[-1])).double())
+    assert abs(p - p_ref) < 4 * math.hypot(p_se, p_ref_se), (p, p_se, p_ref, p_ref_se)
+
+
 # training --------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def brute_force_mean_x(mb):
@@ -159,45 +205,48 @@ def brute_force_mean_x(mb):
     return _mean_and_error(paths.positions[:, :, 0, 0].mean(0))
 
 
-def _trained(mb, n_iterations, batch_size):
+def _trained(mb, n_iterations, batch_size, **settings):
+    """The control and a log-normaliser trained jointly by trajectory balance on a pool of 2048 starts in A."""
     _, a, b, term, starts = mb
     torch.manual_seed(0)
-    control = MLPControl(1, 2, force_scale=100.0, speed_scale=math.sqrt(term.kT / 0.5), offset=torch.tensor([[-0.5, 0.7]]))
-    sampler = LearnedPathSampler(term, control.double(), a, b, 200, DT)
+    speed, offset = math.sqrt(term.kT / 0.5), torch.tensor([[-0.5, 0.7]])
+    control = MLPControl(1, 2, force_scale=100.0, speed_scale=speed, offset=offset)
+    log_z = LogNormaliser(1, 2, speed_scale=speed, offset=offset)
+    sampler = LearnedPathSampler(term, control.double(), a, b, 200, DT, log_normaliser=log_z.double())
+    pool = StartPool.draw(term, starts, a, 2048, seed=0)
     settings = TrainingSettings(
-        n_iterations=n_iterations, batch_size=batch_size, train_batch=batch_size, buffer_size=batch_size
+        n_iterations=n_iterations, batch_size=batch_size, train_batch=batch_size, buffer_size=batch_size, **settings
     )
-    return sampler, sampler.train(starts, settings, progress=False)
+    return sampler, pool, sampler.train(pool, settings, progress=False)
 
 
 def test_short_training_raises_the_hit_fraction_and_keeps_the_weights_exact(mb, brute_force_mean_x):
-    """25 iterations of 256 paths (~18 s): the reweighted ensemble matches brute force and THP rises above the unbiased
-    ~0.5 % (measured 1.05 %, ESS fraction 0.007; THP grows with longer training, see the slow test)."""
-    _, _, _, _, starts = mb
-    sampler, log = _trained(mb, 25, 256)
+    """25 iterations of 256 paths (~18 s), starts drawn from q ~ Z: the reweighted ensemble matches brute force and
+    THP rises above the unbiased ~0.5 %."""
+    sampler, pool, log = _trained(mb, 25, 256)
     assert len(log.loss) == len(log.fraction_in_b) == 25 and all(math.isfinite(v) for v in log.loss)
     assert log.energy_evaluations == 25 * 256 * 201 and log.paths == 25 * 256
-    sample = sampler.sample(starts, 16000, batch_size=4000, seed=1, progress=False)
+    sample = sampler.sample(pool, 16000, batch_size=4000, seed=1, progress=False)
     assert sample.thp > 0.8, sample.summary()  # 16000 paths: 0.5 % unbiased is 0.06 % standard error
     assert sample.ess_fraction > 0 and sample.training_evaluations == log.energy_evaluations
     assert sample.evaluations_per_effective_path == (log.energy_evaluations + 16000 * 201) / sample.ess
+    assert (sample.log_start_ratio <= -math.log(0.1) + 1e-9).all()  # the defensive mixture caps the start weights
     mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
     ref, ref_se = brute_force_mean_x
     assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
 
 
 @pytest.mark.slow
-def test_training_reaches_a_high_hit_fraction(mb, brute_force_mean_x):
-    """Measured (100 iterations of 512 paths, ~130 s): THP ~40 %, but the ESS fraction stays ~0.001 (the weights are
-    exact, the control is far from the h-transform): the issue's ESS >= 10 % target is NOT reached."""
-    _, _, _, _, starts = mb
-    sampler, _ = _trained(mb, 100, 512)
-    sample = sampler.sample(starts, 4000, batch_size=4000, seed=1, progress=False)
+def test_training_reaches_a_high_hit_fraction(mb):
+    """Trajectory balance, one path per start, starts from q ~ Z (measured in 5 chunks of 20 iterations of 512 paths,
+    ~115 s): THP ~57 %, but the ESS fraction stays ~0.001 (~3e6 evaluations per effective path, training included):
+    the joint control and log-normaliser are far from the h-transform, the issue's ESS >= 10 % target is NOT reached.
+    At an ESS of a few paths the self-normalised standard error is unreliable, so agreement with brute force is
+    checked by the fast tests (healthy ESS), not here."""
+    sampler, pool, _ = _trained(mb, 100, 512, group_size=1)
+    sample = sampler.sample(pool, 4000, batch_size=4000, seed=1, progress=False)
     assert sample.thp > 20.0, sample.summary()
     assert sample.ess_fraction > 0
-    mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
-    ref, ref_se = brute_force_mean_x
-    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
 
 
 # bad input -------------------------------------------------------------------------------------------------------

@@ -25,6 +25,13 @@ the path log-likelihood ratio log p_theta - log p_0 = sum_n (z_0 . delta - |delt
   the ball B (0 inside). The optimal control makes R = -log P(B | x_0, v_0) (soft), constant within a group;
 - sampling: each path gets log w = log p_0 - log p_theta + log 1_B(x_T) (hard indicator, -inf outside B);
   self-normalised weights give unbiased-ensemble averages, the effective sample size measures their quality.
+- importance sampling of the starts: P(B | x_0, v_0) varies hugely between starts, so even the optimal control gives
+  an ESS fraction <= (E P)^2 / E P^2 when starts are drawn from equilibrium. With a :class:`StartPool` (M equilibrium
+  starts in A with velocities drawn once; the target puts mass 1/M on each) and a :class:`LogNormaliser` log Z(x_0, v_0),
+  trained with the control by trajectory balance, mean (log Z(x_0, v_0) + R(tau))^2 (Z -> soft P(B | start) under the
+  optimal control; valid for any start distribution), starts are drawn with probability
+  q_i = (1 - eps) Z_i^beta / sum Z^beta + eps / M (the defensive part caps the start weights at 1 / eps), in training
+  and in sampling, and the weight gains the factor (1/M) / q_i.
 """
 
 import math
@@ -160,6 +167,85 @@ def checked_control(control, pos: Tensor, vel: Tensor, t: Tensor) -> Tensor:
             f"the control must return a force of the positions' shape {tuple(pos.shape)} (B, N, d); got {shape}"
         )
     return force
+
+
+class LogNormaliser(nn.Module):
+    """Learned log Z_phi(x_0, v_0): an MLP over the flattened start positions and velocities plus a scalar offset.
+
+    ``log Z(x, v) = offset + MLP((x - offset_x) / length_scale, v / speed_scale)``; the last layer starts at zero, so
+    log Z starts constant. Trained by the trajectory-balance loss it estimates the soft log P(B | x_0, v_0) under the
+    optimal control; the sampler draws starts in proportion to Z^beta.
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        dim: int,
+        hidden: int = 64,
+        n_layers: int = 2,
+        length_scale: float = 1.0,
+        offset: Tensor | None = None,
+        speed_scale: float = 1.0,
+        initial: float = 0.0,
+    ):
+        super().__init__()
+        self.n_particles, self.dim = n_particles, dim
+        self.length_scale, self.speed_scale = float(length_scale), float(speed_scale)
+        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
+        layers, width = [], 2 * n_particles * dim
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        last = nn.Linear(width, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+        self.log_offset = nn.Parameter(torch.tensor(float(initial)))
+
+    def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
+        """pos, vel (B, N, d) nm, nm/ps -> log Z (B,)."""
+        h = torch.cat([((pos - self.offset.to(pos)) / self.length_scale).flatten(1), (vel / self.speed_scale).flatten(1)], 1)
+        out = self.net(h.to(self.net[-1].weight.dtype))[:, 0] + self.log_offset
+        return out.to(pos)
+
+
+@dataclass
+class StartPool:
+    """A fixed pool of M starts: equilibrium frames in A with Maxwell-Boltzmann velocities drawn once.
+
+    The target ensemble on a pool puts mass 1/M on each start times the unbiased path measure times 1_B(x_T).
+    positions, velocities : (M, N, d), nm and nm/ps
+    """
+
+    positions: Tensor
+    velocities: Tensor
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @classmethod
+    def draw(
+        cls, term: ForceFieldLangevin, starts: Tensor, state_a: Region, size: int | None = None, seed: int = 0
+    ) -> "StartPool":
+        """``size`` starts (default: one per frame): the frames of ``starts`` in A taken in turn, velocities at
+        ``term.kT`` from a seeded stream."""
+        x = _starts_in_a(starts, state_a)
+        x = x[torch.arange(len(x) if size is None else size, device=x.device) % len(x)]
+        z = SeededNoise(seed * 2**64 + 2**60).normal(0, x.shape, x.dtype, x.device, VELOCITY_STREAM)
+        return cls(x, term.thermal_speed(x) * z)
+
+
+def proposal_log_probabilities(log_z: Tensor, beta: float = 1.0, defensive: float = 0.1) -> Tensor:
+    """log q_i, (M,), of the start proposal q = (1 - eps) softmax(beta log Z) + eps / M (eps = ``defensive``)."""
+    if not 0 <= beta <= 1 or not 0 <= defensive <= 1:
+        raise ValueError(f"beta and defensive must lie in [0, 1], got {beta}, {defensive}")
+    log_q = torch.log_softmax(beta * log_z.detach(), 0)
+    if defensive == 0:
+        return log_q
+    uniform = torch.full_like(log_q, -math.log(len(log_q)) + math.log(defensive))
+    if defensive == 1:
+        return uniform - math.log(defensive)
+    return torch.logaddexp(log_q + math.log1p(-defensive), uniform)
 
 
 # controlled BAOAB and path likelihoods ---------------------------------------------------------------------------
@@ -299,6 +385,11 @@ class TrainingSettings:
     anneal_kT : kT (kJ/mol) of the first rollouts, lowered linearly to the target over ``anneal_iterations``
         (None: rollouts at the target kT); the loss is always at the target kT
     seed : of starts and noise
+    loss : with a :class:`StartPool` and a log-normaliser, "tb" (trajectory balance, (log Z(x_0, v_0) + R)^2),
+        "variance" (the group variance only; log Z is then trained alone by TB without moving the control) or
+        "tb+variance" (their sum); without them, always "variance"
+    beta, defensive : the start proposal during training (see :func:`proposal_log_probabilities`)
+    normaliser_learning_rate : Adam learning rate of the log-normaliser
     """
 
     n_iterations: int = 100
@@ -313,6 +404,10 @@ class TrainingSettings:
     anneal_kT: float | None = None
     anneal_iterations: int = 0
     seed: int = 0
+    loss: str = "tb"
+    beta: float = 1.0
+    defensive: float = 0.1
+    normaliser_learning_rate: float = 1e-2
 
 
 @dataclass
@@ -348,37 +443,68 @@ class LearnedPathSampler:
         e.g. :class:`MLPControl` or :class:`EquivariantBias`
     state_a, state_b : :class:`Region` of the system's CVs
     n_steps : path length, steps;  dt : ps
+    log_normaliser : nn.Module ``(pos, vel) -> (B,)``, e.g. :class:`LogNormaliser`, or None. With a
+        :class:`StartPool` it is trained jointly with the control by trajectory balance and the starts are drawn in
+        proportion to Z^beta (importance sampling of the starts as well as of the paths).
     """
 
     def __init__(
-        self, term: ForceFieldLangevin, control: nn.Module, state_a: Region, state_b: Region, n_steps: int, dt: float
+        self,
+        term: ForceFieldLangevin,
+        control: nn.Module,
+        state_a: Region,
+        state_b: Region,
+        n_steps: int,
+        dt: float,
+        log_normaliser: nn.Module | None = None,
     ):
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
         self.term, self.control, self.state_a, self.state_b = term, control, state_a, state_b
         self.n_steps, self.dt = int(n_steps), float(dt)
+        self.log_normaliser = log_normaliser
         self.training_log: TrainingLog | None = None
 
     def in_b(self, pos: Tensor) -> Tensor:
         return self.state_b.contains(self.state_b.cvs(pos))
 
     def _start(self, starts, index: Tensor, kT: float, noise: SeededNoise, group_size: int = 1) -> tuple[Tensor, Tensor]:
+        if isinstance(starts, StartPool):
+            return starts.positions[index], math.sqrt(kT / self.term.kT) * starts.velocities[index]
         x = starts[index]
         shape = (len(x) // group_size, *x.shape[1:])
         z = noise.normal(0, shape, x.dtype, x.device, VELOCITY_STREAM).repeat_interleave(group_size, 0)
         return x, math.sqrt(kT / self.term.kT) * self.term.thermal_speed(x) * z
 
-    def train(self, starts: Tensor, settings: TrainingSettings | None = None, progress: bool = True) -> TrainingLog:
-        """Train the control with the log-variance loss on rollouts from ``starts : (M, N, d)`` (equilibrium frames;
-        those outside A are ignored). Appends to and returns :attr:`training_log`."""
+    def start_log_probabilities(self, pool: StartPool, beta: float = 1.0, defensive: float = 0.1) -> Tensor:
+        """log q_i (M,) of the start proposal over ``pool`` (uniform without a log-normaliser)."""
+        if self.log_normaliser is None:
+            return torch.full((len(pool),), -math.log(len(pool)), dtype=pool.positions.dtype)
+        with torch.no_grad():
+            log_z = self.log_normaliser(pool.positions, pool.velocities)
+        return proposal_log_probabilities(log_z, beta, defensive).cpu()
+
+    def train(self, starts, settings: TrainingSettings | None = None, progress: bool = True) -> TrainingLog:
+        """Train the control on rollouts from ``starts``: a :class:`StartPool` (starts drawn from the proposal q,
+        trajectory balance with the log-normaliser, see :class:`TrainingSettings`), or equilibrium frames
+        ``(M, N, d)`` (those outside A are ignored; fresh velocities, group log-variance loss). Appends to and returns
+        :attr:`training_log`."""
         s = settings or TrainingSettings()
         k = s.group_size
         if any(n % k for n in (s.batch_size, s.train_batch, s.buffer_size)):
             raise ValueError(f"batch_size, train_batch and buffer_size must be multiples of group_size={k}")
-        starts = _starts_in_a(starts, self.state_a)
+        pooled = isinstance(starts, StartPool) and self.log_normaliser is not None
+        if pooled and s.loss not in ("tb", "variance", "tb+variance"):
+            raise ValueError(f"loss must be 'tb', 'variance' or 'tb+variance', got {s.loss!r}")
+        if not isinstance(starts, StartPool):
+            starts = _starts_in_a(starts, self.state_a)
+        device = starts.positions.device if isinstance(starts, StartPool) else starts.device
         log = self.training_log = self.training_log or TrainingLog()
         params = [p for p in self.control.parameters() if p.requires_grad]
-        optimiser = torch.optim.Adam(params, lr=s.learning_rate)
+        groups_params = [{"params": params, "lr": s.learning_rate}]
+        if pooled:
+            groups_params.append({"params": list(self.log_normaliser.parameters()), "lr": s.normaliser_learning_rate})
+        optimiser = torch.optim.Adam(groups_params)
         gen = torch.Generator().manual_seed(s.seed)
         buffer: Rollout | None = None
         clock = time.perf_counter()
@@ -388,8 +514,12 @@ class LearnedPathSampler:
             if s.anneal_kT is not None and it < s.anneal_iterations:
                 kT += (s.anneal_kT - self.term.kT) * (1 - it / s.anneal_iterations)
             noise = SeededNoise(s.seed * 2**64 + 2**62 + len(log.loss))
-            index = torch.randint(len(starts), (s.batch_size // k,), generator=gen).repeat_interleave(k)
-            x, v = self._start(starts, index.to(starts.device), kT, noise, k)
+            if pooled:
+                q = self.start_log_probabilities(starts, s.beta, s.defensive).exp()
+                index = torch.multinomial(q, s.batch_size // k, replacement=True, generator=gen)
+            else:
+                index = torch.randint(len(starts), (s.batch_size // k,), generator=gen)
+            x, v = self._start(starts, index.repeat_interleave(k).to(device), kT, noise, k)
             paths, evaluations = rollout(self.term, self.control, x, v, self.n_steps, self.dt, noise, kT=kT)
             hit = self.in_b(paths.positions[-1])
             paths = paths.select(torch.arange(len(paths), device=x.device))  # drop velocities and energies
@@ -398,10 +528,24 @@ class LearnedPathSampler:
                 n = min(s.train_batch, len(buffer)) // k
                 groups = torch.randperm(len(buffer) // k, generator=gen)[:n]
                 pick = (groups[:, None] * k + torch.arange(k)).flatten()
-                batch = buffer.select(pick.to(starts.device))
+                batch = buffer.select(pick.to(device))
                 log_ratio = log_likelihood_ratio(batch, self.control, self.term, self.dt)
                 target = soft_log_indicator(self.state_b, batch.positions[-1], s.sigma_b)
-                loss = log_variance_loss(log_ratio, target, k)
+                if pooled:
+                    log_z = self.log_normaliser(batch.positions[0], batch.v0)
+                    if not log.loss:  # first step ever: start the offset at the batch's mean
+                        with torch.no_grad():
+                            self.log_normaliser.log_offset += (target - log_ratio - log_z).mean().to(log_z)
+                        log_z = self.log_normaliser(batch.positions[0], batch.v0)
+                    r = log_ratio - target
+                    if s.loss == "variance":  # TB moves log Z only; the control sees the group variance
+                        loss = ((log_z + r.detach()) ** 2).mean() + log_variance_loss(log_ratio, target, k)
+                    else:
+                        loss = ((log_z + r) ** 2).mean()
+                        if s.loss == "tb+variance":
+                            loss = loss + log_variance_loss(log_ratio, target, k)
+                else:
+                    loss = log_variance_loss(log_ratio, target, k)
                 optimiser.zero_grad()
                 loss.backward()
                 if s.grad_clip is not None:
@@ -417,19 +561,42 @@ class LearnedPathSampler:
         log.seconds += time.perf_counter() - clock
         return log
 
-    def sample(self, starts: Tensor, n_paths: int, batch_size: int = 256, seed: int = 0, progress: bool = True):
+    def sample(
+        self,
+        starts,
+        n_paths: int,
+        batch_size: int = 256,
+        seed: int = 0,
+        progress: bool = True,
+        beta: float = 1.0,
+        defensive: float = 0.1,
+        start_log_probabilities: Tensor | None = None,
+    ):
         """``n_paths`` controlled paths and their importance weights against the unbiased fixed-length ensemble.
 
-        Starts are the frames of ``starts : (M, N, d)`` in A, taken in turn (as :func:`fixed_length_paths` does),
-        with Maxwell-Boltzmann velocities at the target kT. Returns a :class:`LearnedPathSample`; raises
-        :class:`NoTransitionError` (with the sampled paths attached) if none ends in B.
+        ``starts`` : a :class:`StartPool` (target: mass 1/M per start): start i is drawn with probability q_i
+        (``start_log_probabilities`` (M,) if given, else :meth:`start_log_probabilities` with ``beta`` and
+        ``defensive``) and the weight carries (1/M) / q_i; or frames ``(M, N, d)`` in A, taken in turn (as
+        :func:`fixed_length_paths` does), with fresh Maxwell-Boltzmann velocities at the target kT. Returns a
+        :class:`LearnedPathSample`; raises :class:`NoTransitionError` (with the sampled paths attached) if none ends in B.
         """
-        starts = _starts_in_a(starts, self.state_a)
+        pooled = isinstance(starts, StartPool)
+        if pooled:
+            log_q = self.start_log_probabilities(starts, beta, defensive)
+            if start_log_probabilities is not None:
+                log_q = torch.as_tensor(start_log_probabilities, dtype=starts.positions.dtype).cpu()
+            gen = torch.Generator().manual_seed(seed)
+            chosen = torch.multinomial(log_q.exp(), n_paths, replacement=True, generator=gen)
+            log_start = -math.log(len(starts)) - log_q[chosen]
+        else:
+            starts = _starts_in_a(starts, self.state_a)
+        device = starts.positions.device if pooled else starts.device
         batches, log_ratios, evaluations = [], [], 0
         bar = tqdm(total=n_paths, desc="sampling controlled paths", disable=not progress, leave=False)
         for k, first in enumerate(range(0, n_paths, batch_size)):
             noise = SeededNoise(seed * 2**64 + 2**61 + k)
-            index = torch.arange(first, min(first + batch_size, n_paths), device=starts.device) % len(starts)
+            index = torch.arange(first, min(first + batch_size, n_paths), device=device)
+            index = chosen[index.cpu()].to(device) if pooled else index % len(starts)
             x, v = self._start(starts, index, self.term.kT, noise)
             paths, n_eval = rollout(self.term, self.control, x, v, self.n_steps, self.dt, noise)
             with torch.no_grad():
@@ -451,7 +618,10 @@ class LearnedPathSampler:
                 tried=n_paths,
             )
         training = self.training_log.energy_evaluations if self.training_log else 0
-        return LearnedPathSample(paths, log_ratio, in_b, evaluations / n_paths, training)
+        sample = LearnedPathSample(paths, log_ratio, in_b, evaluations / n_paths, training)
+        if pooled:
+            sample.log_start_ratio, sample.start_index = log_start.to(log_ratio), chosen
+        return sample
 
 
 def _append(buffer: Rollout, new: Rollout, size: int) -> Rollout:
@@ -475,6 +645,9 @@ class LearnedPathSample:
     in_b : Tensor (C,) bool, whether x_T lies in B
     evaluations_per_path : energy evaluations per sampled path (sampling only)
     training_evaluations : energy evaluations of the training rollouts (all of them, over all ``train`` calls)
+    log_start_ratio : Tensor (C,), log (1/M) - log q_i of the start drawn from a :class:`StartPool`, or None
+        (starts taken in turn: no start weight)
+    start_index : Tensor (C,), the pool index of each path's start, or None
     """
 
     paths: PathBatch
@@ -482,11 +655,18 @@ class LearnedPathSample:
     in_b: Tensor
     evaluations_per_path: float
     training_evaluations: int = 0
+    log_start_ratio: Tensor | None = None
+    start_index: Tensor | None = None
+
+    @property
+    def log_path_weights(self) -> Tensor:
+        """log of the weight without the indicator: log_ratio plus the start weight, (C,)."""
+        return self.log_ratio if self.log_start_ratio is None else self.log_ratio + self.log_start_ratio
 
     @property
     def log_weights(self) -> Tensor:
-        """log w = log p_0 - log p_theta + log 1_B(x_T), (C,); -inf outside B."""
-        return self.log_ratio.masked_fill(~self.in_b, -math.inf)
+        """log w = log (1/M) - log q_i + log p_0 - log p_theta + log 1_B(x_T), (C,); -inf outside B."""
+        return self.log_path_weights.masked_fill(~self.in_b, -math.inf)
 
     @property
     def weights(self) -> Tensor:
@@ -523,7 +703,7 @@ class LearnedPathSample:
 
     def transition_probability(self) -> tuple[float, float]:
         """P_0(x_T in B) under the unbiased dynamics from the same starts, mean of w and its standard error."""
-        w = torch.exp(self.log_ratio) * self.in_b
+        w = torch.exp(self.log_path_weights) * self.in_b
         return float(w.mean()), float(w.std() / math.sqrt(len(w)))
 
     def summary(self) -> dict:
