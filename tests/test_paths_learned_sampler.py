@@ -7,19 +7,16 @@ import torch
 
 from molscore.dynamics import SeededNoise
 from molscore.paths import ForceFieldLangevin, NoTransitionError, fixed_length_paths, load_states, propagate
-from molscore.paths.learned_sampler import (
-    EquivariantBias,
-    LearnedPathSampler,
-    LogNormaliser,
-    MLPControl,
+from molscore.paths.controlled_paths import (
     StartPool,
-    TrainingSettings,
     log_likelihood_ratio,
     proposal_log_probabilities,
     rollout,
     soft_log_indicator,
     step_states,
 )
+from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
+from molscore.paths.path_controls import EquivariantBias, LogNormaliser, MLPControl
 from molscore.system import load_system
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,8 @@ and the draws of a path under the control are z_theta = z_0 - delta, delta = dt 
 draws under the unbiased dynamics (recovered from the path as in :func:`~molscore.paths.path_dynamics.baoab_noise`):
 the path log-likelihood ratio log p_theta - log p_0 = sum_n (z_0 . delta - |delta|^2 / 2) is exact.
 
-- :class:`MLPControl` (low-dimensional systems): an MLP of (x, v, t/T), which can represent the h-transform;
-  :class:`EquivariantBias` (molecules): a position-only E(3)-equivariant force from the GNN backbone, applied by the
+- :class:`~molscore.paths.path_controls.MLPControl` (low-dimensional systems): an MLP of (x, v, t/T), which can represent the h-transform;
+  :class:`~molscore.paths.path_controls.EquivariantBias` (molecules): a position-only E(3)-equivariant force from the GNN backbone, applied by the
   same O-step drift (to O(dt) the same as adding it to the force). Velocity- and time-aware equivariant controls
   would need a GNN with vector (velocity) inputs, which the backbone does not take yet.
 - training: paths tau from the controlled dynamics (on-policy, or from a replay buffer of earlier rollouts, optionally
@@ -44,319 +44,19 @@ from tqdm.auto import tqdm
 
 from molscore.dynamics import SeededNoise
 from molscore.paths.brute_force import NoTransitionError
+from molscore.paths.controlled_paths import (
+    VELOCITY_STREAM,
+    Rollout,
+    StartPool,
+    log_likelihood_ratio,
+    proposal_log_probabilities,
+    rollout,
+    soft_log_indicator,
+    starts_in,
+)
 from molscore.paths.path_batch import PathBatch
-from molscore.paths.path_dynamics import ForceFieldLangevin, Segment
+from molscore.paths.path_dynamics import ForceFieldLangevin
 from molscore.paths.states import Region
-
-STEP_STREAM, VELOCITY_STREAM = 0, 2  # noise streams of the BAOAB draws and of the start velocities
-
-
-# controls --------------------------------------------------------------------------------------------------------
-class MLPControl(nn.Module):
-    """Control force from an MLP over flattened positions, velocities and the time t/T (low-dimensional systems).
-
-    ``u(x, v, t) = force_scale * MLP((x - offset) / length_scale, v / speed_scale, t)``, reshaped to (B, N, d); the last
-    layer starts at zero, so training starts from the unbiased dynamics.
-
-    Parameters
-    ----------
-    n_particles, dim : N, d
-    hidden : width of the hidden layers;  n_layers : number of hidden layers
-    force_scale : kJ/(mol nm) per unit network output
-    length_scale : nm, positions are divided by it;  offset : Tensor broadcastable to (N, d), nm, subtracted first
-    speed_scale : nm/ps, velocities are divided by it (e.g. the thermal speed sqrt(kT/m))
-    velocity, time : whether the control sees the velocities and the time (False, False: a position-only bias)
-    """
-
-    def __init__(
-        self,
-        n_particles: int,
-        dim: int,
-        hidden: int = 64,
-        n_layers: int = 2,
-        force_scale: float = 100.0,
-        length_scale: float = 1.0,
-        offset: Tensor | None = None,
-        speed_scale: float = 1.0,
-        velocity: bool = True,
-        time: bool = True,
-    ):
-        super().__init__()
-        self.n_particles, self.dim = n_particles, dim
-        self.force_scale, self.length_scale, self.speed_scale = float(force_scale), float(length_scale), float(speed_scale)
-        self.velocity, self.time = velocity, time
-        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        layers, width = [], n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, n_particles * dim)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
-
-    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
-        """pos, vel (B, N, d) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, d) kJ/(mol nm)."""
-        if pos.ndim != 3 or pos.shape[1:] != (self.n_particles, self.dim):
-            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, {self.n_particles}, {self.dim})")
-        features = [((pos - self.offset.to(pos)) / self.length_scale).flatten(1)]
-        if self.velocity:
-            features.append((vel / self.speed_scale).flatten(1))
-        if self.time:
-            features.append(t.to(pos).reshape(-1, 1))
-        h = torch.cat(features, 1).to(self.net[-1].weight.dtype)
-        return self.force_scale * self.net(h).view(pos.shape).to(pos)
-
-
-class EquivariantBias(nn.Module):
-    """Position-only control from :class:`~molscore.nn.gnn.EquivariantGNN` (``output="score"``): E(3)-equivariant.
-
-    ``u(x) = force_scale * gain * GNN(x / length_scale, t=0)``, with the learnable ``gain`` starting at 0 (the
-    dynamics start unbiased; the gradient of ``gain`` is the GNN's output, so training moves it first). Velocities and
-    time are ignored (the optimal control depends on both: this is an approximation for molecules).
-
-    Parameters
-    ----------
-    n_particles : N (positions are (B, N, 3), nm)
-    bead_types : N ints (e.g. elements), see the GNN
-    hidden_irreps, n_layers, reflection : of the GNN (small by default)
-    force_scale : kJ/(mol nm) per unit output;  length_scale : nm per network length unit
-    cutoff : nm, interaction range of the GNN
-    """
-
-    def __init__(
-        self,
-        n_particles: int,
-        bead_types: list[int] | None = None,
-        hidden_irreps: str = "16x0e+8x1o",
-        n_layers: int = 2,
-        reflection: str = "invariant",
-        force_scale: float = 100.0,
-        length_scale: float = 0.1,
-        cutoff: float = 1.0,
-    ):
-        super().__init__()
-        from molscore.nn.gnn import EquivariantGNN
-
-        self.n_particles, self.force_scale, self.length_scale = n_particles, float(force_scale), float(length_scale)
-        self.gnn = EquivariantGNN(
-            n_particles,
-            dim=3,
-            output="score",
-            bead_types=bead_types,
-            hidden_irreps=hidden_irreps,
-            n_layers=n_layers,
-            reflection=reflection,
-            cutoff=cutoff / length_scale,
-        )
-        self.gain = nn.Parameter(torch.zeros(()))
-
-    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
-        """pos (B, N, 3) nm -> control force (B, N, 3) kJ/(mol nm); ``vel`` and ``t`` are ignored."""
-        dtype = self.gain.dtype
-        out = self.gnn(pos.to(dtype) / self.length_scale, torch.zeros((), dtype=dtype, device=pos.device))
-        return (self.force_scale * self.gain * out).to(pos)
-
-
-def checked_control(control, pos: Tensor, vel: Tensor, t: Tensor) -> Tensor:
-    """``control(pos, vel, t)``, raising a clear error unless it is a force of the positions' shape (B, N, d)."""
-    force = control(pos, vel, t)
-    if not isinstance(force, Tensor) or force.shape != pos.shape:
-        shape = tuple(force.shape) if isinstance(force, Tensor) else type(force).__name__
-        raise ValueError(
-            f"the control must return a force of the positions' shape {tuple(pos.shape)} (B, N, d); got {shape}"
-        )
-    return force
-
-
-class LogNormaliser(nn.Module):
-    """Learned log Z_phi(x_0, v_0): an MLP over the flattened start positions and velocities plus a scalar offset.
-
-    ``log Z(x, v) = offset + MLP((x - offset_x) / length_scale, v / speed_scale)``; the last layer starts at zero, so
-    log Z starts constant. Trained by the trajectory-balance loss it estimates the soft log P(B | x_0, v_0) under the
-    optimal control; the sampler draws starts in proportion to Z^beta.
-    """
-
-    def __init__(
-        self,
-        n_particles: int,
-        dim: int,
-        hidden: int = 64,
-        n_layers: int = 2,
-        length_scale: float = 1.0,
-        offset: Tensor | None = None,
-        speed_scale: float = 1.0,
-        initial: float = 0.0,
-    ):
-        super().__init__()
-        self.n_particles, self.dim = n_particles, dim
-        self.length_scale, self.speed_scale = float(length_scale), float(speed_scale)
-        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        layers, width = [], 2 * n_particles * dim
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, 1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
-        self.log_offset = nn.Parameter(torch.tensor(float(initial)))
-
-    def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
-        """pos, vel (B, N, d) nm, nm/ps -> log Z (B,)."""
-        h = torch.cat([((pos - self.offset.to(pos)) / self.length_scale).flatten(1), (vel / self.speed_scale).flatten(1)], 1)
-        out = self.net(h.to(self.net[-1].weight.dtype))[:, 0] + self.log_offset
-        return out.to(pos)
-
-
-@dataclass
-class StartPool:
-    """A fixed pool of M starts: equilibrium frames in A with Maxwell-Boltzmann velocities drawn once.
-
-    The target ensemble on a pool puts mass 1/M on each start times the unbiased path measure times 1_B(x_T).
-    positions, velocities : (M, N, d), nm and nm/ps
-    """
-
-    positions: Tensor
-    velocities: Tensor
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    @classmethod
-    def draw(
-        cls, term: ForceFieldLangevin, starts: Tensor, state_a: Region, size: int | None = None, seed: int = 0
-    ) -> "StartPool":
-        """``size`` starts (default: one per frame): the frames of ``starts`` in A taken in turn, velocities at
-        ``term.kT`` from a seeded stream."""
-        x = _starts_in_a(starts, state_a)
-        x = x[torch.arange(len(x) if size is None else size, device=x.device) % len(x)]
-        z = SeededNoise(seed * 2**64 + 2**60).normal(0, x.shape, x.dtype, x.device, VELOCITY_STREAM)
-        return cls(x, term.thermal_speed(x) * z)
-
-
-def proposal_log_probabilities(log_z: Tensor, beta: float = 1.0, defensive: float = 0.1) -> Tensor:
-    """log q_i, (M,), of the start proposal q = (1 - eps) softmax(beta log Z) + eps / M (eps = ``defensive``)."""
-    if not 0 <= beta <= 1 or not 0 <= defensive <= 1:
-        raise ValueError(f"beta and defensive must lie in [0, 1], got {beta}, {defensive}")
-    log_q = torch.log_softmax(beta * log_z.detach(), 0)
-    if defensive == 0:
-        return log_q
-    uniform = torch.full_like(log_q, -math.log(len(log_q)) + math.log(defensive))
-    if defensive == 1:
-        return uniform - math.log(defensive)
-    return torch.logaddexp(log_q + math.log1p(-defensive), uniform)
-
-
-# controlled BAOAB and path likelihoods ---------------------------------------------------------------------------
-@dataclass
-class Rollout:
-    """Fixed-length paths with what the loss and the weights need (time-major).
-
-    positions : Tensor (T + 1, B, N, d), nm;  v0 : Tensor (B, N, d), nm/ps
-    reference_forces : Tensor (T + 1, B, N, d), kJ/(mol nm), the unbiased force at every frame
-    velocities, energies : (T + 1, B, N, d) nm/ps and (T + 1, B) kJ/mol, or None (not kept in the replay buffer)
-    """
-
-    positions: Tensor
-    v0: Tensor
-    reference_forces: Tensor
-    velocities: Tensor | None = None
-    energies: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.positions.shape[1]
-
-    def select(self, index: Tensor) -> "Rollout":
-        return Rollout(self.positions[:, index], self.v0[index], self.reference_forces[:, index])
-
-    def segment(self) -> Segment:
-        n = len(self)
-        lengths = torch.full((n,), len(self.positions) - 1, dtype=torch.long, device=self.v0.device)
-        return Segment(self.positions, self.velocities, self.energies, lengths, torch.zeros_like(lengths, dtype=torch.bool))
-
-
-def _constants(term: ForceFieldLangevin, kT: float, dt: float, like: Tensor) -> tuple[Tensor, float, float, Tensor]:
-    inv_m = (1.0 / term.masses).to(like)[:, None]
-    c, s = math.exp(-term.friction * dt), math.sqrt(-math.expm1(-2.0 * term.friction * dt))
-    return inv_m, c, s, torch.sqrt(kT * inv_m)
-
-
-def rollout(
-    term: ForceFieldLangevin, control, starts: Tensor, v0: Tensor, n_steps: int, dt: float, noise: SeededNoise, kT=None
-) -> tuple[Rollout, int]:
-    """Run the batch ``starts, v0 : (B, N, d)`` for ``n_steps`` controlled BAOAB steps under ``term``'s force field
-    (``term.bias`` is ignored) with the O-step control ``control(x, v, t)`` (None: unbiased) at ``kT`` (default
-    ``term.kT``), as one batch; step n draws ``noise.normal(n, ...)``. Returns the paths and the energy evaluations."""
-    if not term.friction > 0:
-        raise ValueError(f"the controlled BAOAB path likelihood needs friction > 0 (1/ps), got {term.friction}")
-    term.check(starts)
-    kT = term.kT if kT is None else kT
-    inv_m, c, s, sigma = _constants(term, kT, dt, starts)
-    half = 0.5 * dt
-    x, v = starts, v0
-    positions, velocities, forces, energies = [x], [v], [], []
-
-    def force_field(x):
-        energy, force = term.force_field(x)
-        forces.append(force.detach())
-        energies.append(torch.full((len(x),), math.nan).to(x) if energy is None else energy.detach().to(x))
-        return force.detach()
-
-    with torch.no_grad():
-        force = force_field(x)
-        for n in range(n_steps):
-            v = v + half * inv_m * force
-            x = x + half * v
-            kick = 0.0
-            if control is not None:  # the control sees the state the O step acts on
-                t = torch.full((len(x),), n / n_steps, dtype=x.dtype, device=x.device)
-                kick = dt * inv_m * checked_control(control, x, v, t).detach()
-            v = c * v + s * sigma * noise.normal(n, x.shape, x.dtype, x.device, STEP_STREAM) + kick
-            x = x + half * v
-            force = force_field(x)
-            v = v + half * inv_m * force
-            positions.append(x)
-            velocities.append(v)
-    paths = Rollout(torch.stack(positions), v0, torch.stack(forces), torch.stack(velocities), torch.stack(energies))
-    term.evaluations += len(starts) * (n_steps + 1)
-    return paths, len(starts) * (n_steps + 1)
-
-
-def step_states(paths: Rollout, term: ForceFieldLangevin, dt: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The states the O steps of a path acted on and what they produced, all (T, B, N, d), recovered from the
-    positions, v_0 and the unbiased forces (they do not depend on the control or kT): positions x_n + dt/2 v'_n and
-    velocities v'_n before the O step of step n (v'_n after the opening half kick), velocities after it."""
-    pos, forces = paths.positions, paths.reference_forces
-    inv_m, half = (1.0 / term.masses).to(pos)[:, None], 0.5 * dt
-    x_mid, v_in, v_out = [], [], []
-    v = paths.v0 + half * inv_m * forces[0]
-    for n in range(len(pos) - 1):
-        x_mid.append(pos[n] + half * v)
-        v_in.append(v)
-        v_out.append((pos[n + 1] - x_mid[-1]) / half)
-        v = v_out[-1] + dt * inv_m * forces[n + 1]
-    return torch.stack(x_mid), torch.stack(v_in), torch.stack(v_out)
-
-
-def log_likelihood_ratio(paths: Rollout, control, term: ForceFieldLangevin, dt: float) -> Tensor:
-    """log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0), (B,), at ``term``'s kT and friction, for the O-step
-    ``control``; the control is evaluated at all T steps in one batched call and carries the gradient."""
-    x_mid, v_in, v_out = step_states(paths, term, dt)
-    inv_m, c, s, sigma = _constants(term, term.kT, dt, x_mid)
-    n_steps, n_paths = x_mid.shape[:2]
-    t = (torch.arange(n_steps, dtype=x_mid.dtype, device=x_mid.device) / n_steps).repeat_interleave(n_paths)
-    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
-    u = checked_control(control, flat(x_mid), flat(v_in), t).view(x_mid.shape)
-    z_0 = (v_out - c * v_in) / (s * sigma)
-    delta = dt * inv_m * u / (s * sigma)
-    return (z_0 * delta - 0.5 * delta**2).sum((0, 2, 3))
-
-
-def soft_log_indicator(state_b: Region, pos: Tensor, sigma: float) -> Tensor:
-    """log 1_B^soft(x) = -d^2 / (2 sigma^2), (B,), d = max(0, |cv(x) - centre| - radius) (CV units, as sigma)."""
-    d = (state_b.distance(state_b.cvs(pos)) - state_b.radius).clamp_min(0)
-    return -0.5 * (d / sigma) ** 2
 
 
 def log_variance_loss(log_ratio: Tensor, log_target: Tensor, group_size: int = 1) -> Tensor:
@@ -426,13 +126,6 @@ class TrainingLog:
         return self.energy_evaluations / max(self.paths, 1)
 
 
-def _starts_in_a(starts: Tensor, state_a: Region) -> Tensor:
-    starts = starts[state_a.contains(state_a.cvs(starts))]
-    if len(starts) == 0:
-        raise ValueError(f"none of the start frames lies in state {state_a.name!r}; give equilibrium frames in it")
-    return starts
-
-
 class LearnedPathSampler:
     """Controlled-dynamics path sampler for the fixed-length ensemble A -> B of ``n_steps`` steps.
 
@@ -497,7 +190,7 @@ class LearnedPathSampler:
         if pooled and s.loss not in ("tb", "variance", "tb+variance"):
             raise ValueError(f"loss must be 'tb', 'variance' or 'tb+variance', got {s.loss!r}")
         if not isinstance(starts, StartPool):
-            starts = _starts_in_a(starts, self.state_a)
+            starts = starts_in(starts, self.state_a)
         device = starts.positions.device if isinstance(starts, StartPool) else starts.device
         log = self.training_log = self.training_log or TrainingLog()
         params = [p for p in self.control.parameters() if p.requires_grad]
@@ -589,7 +282,7 @@ class LearnedPathSampler:
             chosen = torch.multinomial(log_q.exp(), n_paths, replacement=True, generator=gen)
             log_start = -math.log(len(starts)) - log_q[chosen]
         else:
-            starts = _starts_in_a(starts, self.state_a)
+            starts = starts_in(starts, self.state_a)
         device = starts.positions.device if pooled else starts.device
         batches, log_ratios, evaluations = [], [], 0
         bar = tqdm(total=n_paths, desc="sampling controlled paths", disable=not progress, leave=False)
