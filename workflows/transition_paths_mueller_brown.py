@@ -38,6 +38,9 @@ from molscore.paths import (
     harvest_transitions,
     load_states,
 )
+from molscore.paths.controlled_paths import StartPool
+from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
+from molscore.paths.path_controls import LogNormaliser, MLPControl
 from molscore.paths.plots import path_density, plot_path_density, plot_path_lengths
 from molscore.system import load_system
 
@@ -114,6 +117,36 @@ def run_ensemble(label, reference, settings, runs, a, b, chains, moves, burn_in,
     return rows
 
 
+def learned_sampler_row(term, a, b, starts, args, dt, reference, cv_fn, densities) -> dict:
+    """Train the learned path sampler (control + start log-normaliser, trajectory balance) and reweight its paths."""
+    torch.manual_seed(0)
+    speed, offset = math.sqrt(term.kT / float(term.masses[0])), torch.tensor([[-0.5, 0.7]])
+    control = MLPControl(1, 2, force_scale=100.0, speed_scale=speed, offset=offset).double()
+    log_z = LogNormaliser(1, 2, speed_scale=speed, offset=offset).double()
+    sampler = LearnedPathSampler(term, control, a, b, args.steps, dt, log_normaliser=log_z)
+    pool = StartPool.draw(term, starts, a, 2048, seed=0)
+    print(f"learned path sampler: {args.sampler} iterations of 512 paths ...", flush=True)
+    settings = TrainingSettings(n_iterations=args.sampler, batch_size=512, train_batch=512, buffer_size=512)
+    log = sampler.train(pool, settings)
+    sample = sampler.sample(pool, args.sampler_paths, batch_size=4000, seed=1)
+    n = sample.paths.lengths.numel()
+    paths = [sample.paths.positions[:, i].numpy() for i in range(n)]
+    obs = torch.as_tensor(_observables(paths, dt, b))
+    weights = sample.weights.numpy()
+    estimates = [sample.estimate(obs[:, k]) for k in range(obs.shape[1])]
+    ref_density = path_density(reference, np.ones(len(reference)), cv_fn, BINS, RANGE)[0]
+    density = path_density(paths, weights, cv_fn, BINS, RANGE)[0]
+    densities["fixed: learned sampler, reweighted"] = (paths, weights)
+    total = log.energy_evaluations + sample.evaluations_per_path * n
+    return _row(
+        "learned sampler, reweighted", [e[0] for e in estimates], [e[1] for e in estimates],
+        float(jensenshannon(density.ravel(), ref_density.ravel()) ** 2),
+        {"paths": n, "acceptance": f"THP {sample.thp:.1f}%", "decorrelated": f"ESS {sample.ess:.0f}",
+         "evaluations / decorrelated path": f"{total / max(sample.ess, 1e-9):.3g} (per effective path)",
+         "seconds": round(log.seconds, 1)},
+    )  # fmt: skip
+
+
 def learned_model(run_dir: Path, steps: int):
     """An energy model with FP regularisation (the package's pipeline on exact Boltzmann samples), in float64."""
     from molscore.models.diffusion_model import DiffusionModel
@@ -141,6 +174,14 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-paths", type=int, default=600, help="fixed-length brute-force paths")
     parser.add_argument("--quick", action="store_true", help="small run (under a minute)")
     parser.add_argument(
+        "--sampler",
+        type=int,
+        default=100,
+        metavar="ITERATIONS",
+        help="train the learned path sampler for ITERATIONS rollouts of 512 paths (fixed length; 0: skip)",
+    )
+    parser.add_argument("--sampler-paths", type=int, default=16000, help="paths drawn from the trained sampler")
+    parser.add_argument(
         "--learned", type=int, default=0, metavar="STEPS",
         help="also shoot with a learned force field: an energy model + FP trained for STEPS steps on exact samples "
         "(reused if already in --out/learned_model)",
@@ -149,6 +190,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.chains, args.moves, args.burn_in, args.reference_paths, args.steps = 16, 30, 10, 60, 100
+        args.sampler, args.sampler_paths = min(args.sampler, 5), 2000
     torch.set_default_dtype(torch.float64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +230,9 @@ def main(argv=None) -> int:
         "fixed", fixed, {"n_steps": args.steps, "dt": dt}, runs, a, b,
         args.chains, args.moves, args.burn_in, out, cvs, densities,
     )  # fmt: skip
+
+    if args.sampler:
+        rows_fixed.insert(-1, learned_sampler_row(term, a, b, starts, args, dt, fixed[0], cvs, densities))
 
     def energy(values):  # the CVs are the particle's coordinates
         return system.potential.energy(torch.as_tensor(values)[:, None, :]).detach().numpy()
