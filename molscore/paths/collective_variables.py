@@ -6,6 +6,7 @@ Declared in a system's folder (``collective_variables`` in ``system.yaml``), one
     d:   {distance: [[0, CH3], [2, C]]}                     # nm
     x:   {coordinate: [0, 0]}                               # particle 0, axis 0 (toy systems), nm
     rmsd_c7ax: {rmsd: c7ax.pdb, atoms: heavy}               # Kabsch-aligned RMSD to a structure, nm
+    tic0: {tica: tica.npz, component: 0}                    # a TICA component of other CVs (molscore.paths.tica)
 
 Atoms may also be given as plain indices (``dihedral: [4, 6, 8, 14]``). Dihedrals are periodic (period 2 pi)
 and agree with mdtraj's ``compute_dihedrals``; the others are not periodic.
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-KINDS = ("dihedral", "distance", "coordinate", "rmsd")
+KINDS = ("dihedral", "distance", "coordinate", "rmsd", "tica")
 
 
 def dihedral(pos: Tensor, quartet: Tensor) -> Tensor:
@@ -62,17 +63,25 @@ class CollectiveVariables:
         self.atoms: dict[str, Tensor] = {}  # name -> atom indices of a dihedral or distance CV
         self._evaluators = []
         periodic = []
+        tica = [n for n, e in spec.items() if "tica" in e]
         for name, entry in spec.items():
             kinds = [k for k in KINDS if k in entry]
             if len(kinds) != 1:
                 raise ValueError(f"collective variable {name!r}: {entry} must have exactly one of the keys {KINDS}")
             kind = kinds[0]
-            extra = set(entry) - {kind, "atoms"}
+            extra = set(entry) - {kind, "atoms", "component"}
             if extra:
                 raise ValueError(f"collective variable {name!r}: unknown key(s) {sorted(extra)}")
-            self._evaluators.append(self._evaluator(name, kind, entry, topology, folder))
+            if kind != "tica":
+                self._evaluators.append(self._evaluator(name, kind, entry, topology, folder))
             periodic.append(kind == "dihedral")
         self.periodic = torch.tensor(periodic)
+        if tica:  # TICA components project other (non-TICA) CVs, so they are built once those exist
+            from molscore.paths.tica import tica_evaluator
+
+            base = CollectiveVariables({n: e for n, e in spec.items() if n not in tica}, topology, folder)
+            for name in tica:
+                self._evaluators.insert(self.names.index(name), tica_evaluator(base, spec[name], folder, name))
 
     def __call__(self, pos: Tensor) -> Tensor:
         if pos.ndim != 3:
