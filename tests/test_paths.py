@@ -190,6 +190,17 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     assert np.array_equal(np.array(resumed.history), np.array(full.history))
     assert all(np.array_equal(p, q) for p, q in zip(resumed.paths, full.paths, strict=True))
     assert resumed.evaluations == full.evaluations > 0  # the cost counts the interrupted run's moves too
+    # the ensemble as one trajectory file with an index
+    import mdtraj as md
+
+    top = md.Topology()
+    top.add_atom("X", md.element.carbon, top.add_residue("MB", top.add_chain()))
+    full.write_trajectory(tmp_path / "paths.dcd", top)
+    index = np.loadtxt(tmp_path / "paths.dcd.csv", delimiter=",", skiprows=1, ndmin=2)
+    traj = md.load(str(tmp_path / "paths.dcd"), top=top)
+    assert traj.n_frames == index[:, 2].sum() and index[:, 4].sum() == full.n_moves * 8
+    first = int(index[0, 0])
+    assert np.allclose(traj.xyz[: len(full.paths[first]), 0, :2], full.paths[first][:, 0], atol=1e-3)
     with pytest.raises(ValueError, match="settings"):
         ShootingTPS(term, a, b, ShootingSettings(n_steps=100, dt=dt, move="two-way")).run(initial, 9, out=tmp_path)
 

@@ -15,6 +15,8 @@ Angstrom), ETS = the highest energy along the path (kJ/mol, absolute and relativ
 over the path ensemble), the energy where the path crosses the dividing surface d(C7eq) = d(C7ax) in (phi, psi), the
 transition time (last frame in C7eq to first frame in C7ax), acceptance, decorrelated paths, energy evaluations per
 path and per decorrelated path, and wall time. Figures: path density on (phi, psi), transition-time histogram.
+The path ensembles (after burn-in) as trajectories: ``<move>_paths.dcd`` with ``<move>_paths.dcd.csv`` (path, first
+frame, frames, steps, Monte Carlo weight).
 
     python workflows/transition_paths_alanine.py            # ~25 min on one CPU core
     python workflows/transition_paths_alanine.py --quick    # ~3 min
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
             "wall s": round(ensemble.seconds),
         })  # fmt: skip
         densities[f"{move} shooting"] = (ensemble.paths, w)
+        ensemble.write_trajectory(out / f"{move}_paths.dcd", system.topology, args.burn_in)
         times[f"{move} shooting"] = (t_tr, w)
     mep = f"minimum-energy-path barrier (adiabatic scan, {args.scan_grid}^2 grid): {barrier - e_min:.1f} kJ/mol above C7eq"
     header = list(rows[0])

@@ -106,6 +106,35 @@ class PathEnsemble:
             "max energy kJ/mol": mean_std(emax),
         }
 
+    def write_trajectory(self, path: str | Path, topology, burn_in: int = 0) -> Path:
+        """All unique paths with weight after ``burn_in``, frame after frame, as one trajectory file (format by
+        suffix, e.g. ``.dcd``, ``.xtc``; mdtraj; 2-D systems get z = 0) plus ``<path>.csv``: path index, first frame,
+        frames, steps, weight.
+
+        Parameters
+        ----------
+        topology : mdtraj.Topology of the frames (the system's)
+        """
+        import mdtraj
+
+        path = Path(path)
+        weights = self.weights(burn_in)
+        chosen = np.nonzero(weights > 0)[0]
+        frames = np.concatenate([self.paths[i] for i in chosen])
+        if frames.shape[2] < 3:  # planar toy systems: z = 0
+            frames = np.concatenate([frames, np.zeros((*frames.shape[:2], 3 - frames.shape[2]), frames.dtype)], 2)
+        if topology.n_atoms != frames.shape[1]:
+            raise ValueError(f"the topology has {topology.n_atoms} atoms, the paths {frames.shape[1]}")
+        with atomic_write(path) as tmp:
+            mdtraj.Trajectory(frames, topology).save(str(tmp))
+        starts = np.cumsum([0] + [len(self.paths[i]) for i in chosen])[:-1]
+        rows = ["path,first_frame,frames,steps,weight"] + [
+            f"{i},{f},{len(self.paths[i])},{self.steps[i]},{weights[i]:g}" for i, f in zip(chosen, starts, strict=True)
+        ]
+        with atomic_write(path.with_suffix(path.suffix + ".csv")) as tmp:
+            tmp.write_text("\n".join(rows) + "\n")
+        return path
+
     # files -------------------------------------------------------------------------------------------
     def write_chunk(self, folder: Path) -> None:
         """Append the paths added since the last chunk as ``chunk_#####.npz`` (atomic)."""
