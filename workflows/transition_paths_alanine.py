@@ -15,6 +15,14 @@ Angstrom), ETS = the highest energy along the path (kJ/mol, absolute and relativ
 over the path ensemble), the energy where the path crosses the dividing surface d(C7eq) = d(C7ax) in (phi, psi), the
 transition time (last frame in C7eq to first frame in C7ax), acceptance, decorrelated paths, energy evaluations per
 path and per decorrelated path, and wall time. Figures: path density on (phi, psi), transition-time histogram.
+
+With ``--sampler ITERATIONS`` also (6) the learned path sampler (:mod:`molscore.paths.learned_sampler`) with a
+:class:`~molscore.paths.path_controls.CVControl` on (phi, psi), their velocities and t/T, trained on a
+:class:`~molscore.paths.controlled_paths.StartPool` of the C7eq equilibrium frames (group log-variance loss,
+``--sampler-batch`` paths per rollout, optionally the first at a raised temperature, ``--sampler-anneal``) and sampled
+(``--sampler-paths``); its row gives importance-weighted values with the raw (unweighted, all sampled paths; transition
+time: those ending in C7ax) ones in brackets, THP = % of sampled paths ending in C7ax, the effective sample size in
+place of decorrelated paths and energy evaluations per effective path, training included.
 The path ensembles (after burn-in) as trajectories: ``<move>_paths.dcd`` with ``<move>_paths.dcd.csv`` (path, first
 frame, frames, steps, Monte Carlo weight).
 
@@ -25,6 +33,7 @@ frame, frames, steps, Monte Carlo weight).
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import mdtraj
@@ -35,9 +44,12 @@ from molscore.interfaces.dihedral_scan import adiabatic_scan, minimise
 from molscore.interfaces.openmm_md import generate_md, load_md
 from molscore.interfaces.reference_energy import ReferenceForceField
 from molscore.paths import ForceFieldLangevin, ShootingSettings, ShootingTPS, fixed_length_paths, load_states
-from molscore.paths.brute_force import steering_bias
+from molscore.paths.brute_force import NoTransitionError, steering_bias
 from molscore.paths.collective_variables import kabsch_rmsd
+from molscore.paths.controlled_paths import StartPool
+from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
 from molscore.paths.mountain_pass import mountain_pass
+from molscore.paths.path_controls import CVControl
 from molscore.paths.plots import plot_path_density, plot_path_lengths
 from molscore.system import load_system
 
@@ -69,6 +81,98 @@ def _mean_std(values, weights) -> str:
     return f"{m:.1f} ± {math.sqrt(np.average((values[ok] - m) ** 2, weights=weights[ok])):.1f}"
 
 
+def _cv_rates(cvs, pos: torch.Tensor, vel: torch.Tensor) -> torch.Tensor:
+    """dcv/dt = (grad_x cv) . v, (B, K), by autograd."""
+    x = pos.detach().requires_grad_(True)
+    values = cvs(x)
+    return torch.stack(
+        [
+            (torch.autograd.grad(values[:, k].sum(), x, retain_graph=True)[0] * vel).sum((1, 2))
+            for k in range(values.shape[1])
+        ],
+        1,
+    ).detach()
+
+
+def learned_sampler_row(
+    term, cvs, a, b, starts, args, dt, n_steps, save_every, heavy, target_t, e_min
+) -> tuple[dict, tuple | None]:
+    """Train the learned path sampler with a CV control on (phi, psi) and reweight its paths to the fixed-length
+    ensemble; returns the table row (columns of the shooting rows) and the paths with their weights (None if none
+    ended in C7ax)."""
+    torch.manual_seed(0)
+    pool = StartPool.draw(term, starts, a, seed=0)
+    rate_scale = _cv_rates(cvs, pool.positions, pool.velocities).std(0)  # equilibrium spread of dphi/dt, dpsi/dt
+    control = CVControl(cvs, hidden=64, force_scale=args.sampler_force, velocity_scale=rate_scale).double()
+    sampler = LearnedPathSampler(term, control, a, b, n_steps, dt)
+    k = args.sampler_batch // 8
+    settings = TrainingSettings(
+        n_iterations=args.sampler, batch_size=args.sampler_batch, train_batch=args.sampler_batch,
+        buffer_size=args.sampler_batch, group_size=k, learning_rate=args.sampler_lr, sigma_b=0.5, loss="variance",
+        anneal_kT=args.sampler_anneal * term.kT if args.sampler_anneal != 1 else None,
+        anneal_iterations=args.sampler // 2,
+    )  # fmt: skip
+    print(
+        f"6. learned path sampler (CV control), {len(pool)} starts, {args.sampler} rollouts of {args.sampler_batch} "
+        f"paths ({k} per start) ...",
+        flush=True,
+    )
+    log = sampler.train(pool, settings)
+    with torch.no_grad():
+        u = control(pool.positions, pool.velocities, torch.zeros(len(pool))).norm(dim=-1).max(1).values
+    print(
+        f"   fraction in C7ax per rollout: {[round(f, 3) for f in log.fraction_in_b]}; largest control force on an atom "
+        f"at the starts: median {float(u.median()):.3g} kJ/(mol nm)",
+        flush=True,
+    )
+    clock = time.perf_counter()
+    try:
+        sample = sampler.sample(pool, args.sampler_paths, batch_size=args.sampler_batch, seed=1)
+    except NoTransitionError as error:
+        seconds = log.seconds + time.perf_counter() - clock
+        n = error.paths.lengths.numel()
+        print(f"   none of {n} sampled paths ended in C7ax", flush=True)
+        rmsd = 10 * kabsch_rmsd(error.paths.last()[:, heavy], target_t).numpy()
+        return {
+            "method": "learned sampler (CV control)", "THP %": "0", "RMSD to C7ax A": f"- ({_mean_std(rmsd, np.ones(n))})",
+            "ETS kJ/mol": "-", "ETS - E(C7eq min)": "-", "E at dividing surface - E(C7eq min)": "-",
+            "transition time ps": "-", "acceptance": "-", "decorrelated paths": "ESS 0",
+            "energy evals / trial path": f"{(log.energy_evaluations + n * (n_steps + 1)) / n:.3g}",
+            "energy evals / decorrelated path": "inf", "wall s": round(seconds),
+        }, None  # fmt: skip
+    seconds = log.seconds + time.perf_counter() - clock
+    paths, n = sample.paths, sample.in_b.numel()
+    w, raw = sample.weights.numpy(), np.ones(n)
+    rmsd = 10 * kabsch_rmsd(paths.last()[:, heavy], target_t).numpy()
+    energies = paths.energies.numpy()  # (T + 1, C), at every step
+    emax = energies.max(0)
+    full = [paths.positions[:, i].numpy() for i in range(n)]
+    e_cross = np.array([energies[_crossing_frame(p, cvs, a, b), i] for i, p in enumerate(full)])
+    saved = [p[::save_every] for p in full]
+    in_b = sample.in_b.numpy()
+    t_tr = np.array(
+        [_transition_time(p, cvs, a, b, save_every * dt) if hit else np.nan for p, hit in zip(saved, in_b, strict=True)]
+    )
+    both = lambda v: f"{_mean_std(v, w)} ({_mean_std(v, raw)})"  # noqa: E731
+    training = log.energy_evaluations
+    row = {
+        "method": "learned sampler (CV control)",
+        "THP %": f"{sample.thp:.0f}",
+        "RMSD to C7ax A": both(rmsd),
+        "ETS kJ/mol": both(emax),
+        "ETS - E(C7eq min)": both(emax - e_min),
+        "E at dividing surface - E(C7eq min)": both(e_cross - e_min),
+        "transition time ps": _mean_std(t_tr, w) + f" ({_mean_std(t_tr, in_b)})",
+        "acceptance": "-",
+        "decorrelated paths": f"ESS {sample.ess:.1f} of {n}",
+        "energy evals / trial path": f"{sample.evaluations_per_path:.3g} (+{training / n:.3g} training)",
+        "energy evals / decorrelated path": f"{sample.evaluations_per_effective_path:.3g}",
+        "wall s": round(seconds),
+    }
+    print(f"   {sample.summary()}", flush=True)
+    return row, (saved, w)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chains", type=int, default=32, help="shooting chains run in parallel")
@@ -77,11 +181,24 @@ def main(argv=None) -> int:
     parser.add_argument("--md-ps", type=float, default=500.0, help="vacuum MD per replica (4 replicas), ps")
     parser.add_argument("--spring", type=float, default=20.0, help="CV spring of the starting paths, kJ/mol/rad^2")
     parser.add_argument("--scan-grid", type=int, default=36, help="adiabatic scan grid points per dihedral")
+    parser.add_argument(
+        "--sampler", type=int, default=0, metavar="ITERATIONS",
+        help="also train the learned path sampler with a CV control for ITERATIONS rollouts (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--sampler-batch", type=int, default=64, help="paths per sampler rollout (multiple of 8)")
+    parser.add_argument("--sampler-paths", type=int, default=256, help="paths drawn from the trained sampler")
+    parser.add_argument("--sampler-lr", type=float, default=1e-2, help="learning rate of the CV control")
+    parser.add_argument("--sampler-force", type=float, default=20.0, help="force scale of the CV control, kJ/mol")
+    parser.add_argument(
+        "--sampler-anneal", type=float, default=1.0, metavar="FACTOR",
+        help="the first sampler rollouts run at FACTOR x kT, lowered to kT over half the iterations (1: no annealing)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small run (minutes)")
     parser.add_argument("--out", default="runs/transition_paths_alanine", help="output folder")
     args = parser.parse_args(argv)
     if args.quick:
         args.chains, args.moves, args.burn_in, args.md_ps, args.scan_grid = 8, 12, 4, 100.0, 18
+        args.sampler, args.sampler_batch, args.sampler_paths = min(args.sampler, 3), 32, 64
     torch.set_default_dtype(torch.float64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +268,13 @@ def main(argv=None) -> int:
         densities[f"{move} shooting"] = (ensemble.paths, w)
         ensemble.write_trajectory(out / f"{move}_paths.dcd", system.topology, args.burn_in)
         times[f"{move} shooting"] = (t_tr, w)
+    if args.sampler:
+        row, ensemble = learned_sampler_row(
+            term, cvs, a, b, starts, args, dt, n_steps, save_every, heavy, target_t, e_min
+        )  # fmt: skip
+        rows.append(row)
+        if ensemble is not None:
+            densities["learned sampler (reweighted)"] = ensemble
     mep = f"minimum-energy-path barrier (adiabatic scan, {args.scan_grid}^2 grid): {barrier - e_min:.1f} kJ/mol above C7eq"
     header = list(rows[0])
     text = (

@@ -14,10 +14,11 @@ and the draws of a path under the control are z_theta = z_0 - delta, delta = dt 
 draws under the unbiased dynamics (recovered from the path as in :func:`~molscore.paths.path_dynamics.baoab_noise`):
 the path log-likelihood ratio log p_theta - log p_0 = sum_n (z_0 . delta - |delta|^2 / 2) is exact.
 
-- :class:`~molscore.paths.path_controls.MLPControl` (low-dimensional systems): an MLP of (x, v, t/T), which can represent the h-transform;
-  :class:`~molscore.paths.path_controls.EquivariantBias` (molecules): a position-only E(3)-equivariant force from the GNN backbone, applied by the
-  same O-step drift (to O(dt) the same as adding it to the force). Velocity- and time-aware equivariant controls
-  would need a GNN with vector (velocity) inputs, which the backbone does not take yet.
+- controls (:mod:`molscore.paths.path_controls`): ``MLPControl`` (low-dimensional systems), an MLP of (x, v, t/T),
+  which can represent the h-transform; ``CVControl`` (molecules), -grad_x of a learned potential of the CVs, their
+  time derivatives and t/T: equivariant by construction and cheap; ``EquivariantBias`` (molecules), a position-only
+  E(3)-equivariant force from the GNN backbone. All act through the same O-step drift (to O(dt) the same as adding
+  them to the force).
 - training: paths tau from the controlled dynamics (on-policy, or from a replay buffer of earlier rollouts, optionally
   rolled out at an annealed higher temperature) minimise, over paths that share their start (x_0, v_0) in groups,
   the variance of R(tau) = log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0) - log 1_B^soft(x_T), with the path
@@ -159,7 +160,9 @@ class LearnedPathSampler:
         self.training_log: TrainingLog | None = None
 
     def in_b(self, pos: Tensor) -> Tensor:
-        return self.state_b.contains(self.state_b.cvs(pos))
+        """Whether frames ``pos (B, N, d)`` lie in B; non-finite frames (a path that blew up) never do."""
+        finite = torch.isfinite(pos).flatten(1).all(1)
+        return self.state_b.contains(self.state_b.cvs(torch.nan_to_num(pos))) & finite
 
     def _start(self, starts, index: Tensor, kT: float, noise: SeededNoise, group_size: int = 1) -> tuple[Tensor, Tensor]:
         if isinstance(starts, StartPool):

@@ -112,6 +112,104 @@ class EquivariantBias(nn.Module):
         return (self.force_scale * self.gain * out).to(pos)
 
 
+class CVControl(nn.Module):
+    """Control force from a learned potential of collective variables: ``u(x, v, t) = -grad_x U_theta(features)``.
+
+    ``U_theta = force_scale * MLP(features)`` (kJ/mol), features = the CVs (periodic ones as cos, sin; the others
+    divided by ``cv_scale``), optionally their time derivatives ``dcv/dt = (grad_x cv) . v`` divided by
+    ``velocity_scale`` (exact, by autograd: one extra backward pass per CV) and the time t/T. CVs invariant under
+    rotations and translations (dihedrals, distances, RMSD) make the force E(3)-equivariant by construction (with
+    dcv/dt: when the velocities rotate with the positions); it costs a few autograd passes per step. The last layer
+    starts at zero (U constant, no force), so training starts from the unbiased dynamics.
+
+    The force keeps the graph to the MLP parameters when gradients are enabled (``create_graph``), so a loss of the
+    force trains them; it works under ``torch.no_grad()`` too (rollouts), without that graph. Gradients do not flow
+    back to ``pos`` or ``vel``.
+
+    Parameters
+    ----------
+    cvs : callable ``pos (B, N, 3) -> (B, K)`` in torch, differentiable, e.g.
+        :class:`~molscore.paths.collective_variables.CollectiveVariables`
+    periodic : (K,) bools (default: ``cvs.periodic`` if it has it, else none periodic)
+    hidden : width of the hidden layers;  n_layers : number of hidden layers
+    force_scale : kJ/mol per unit network output
+    cv_scale : units of the non-periodic CVs per network unit
+    velocity_scale : CV units/ps per network unit of dcv/dt (e.g. its equilibrium standard deviation), float or (K,)
+    velocity, time : whether U sees dcv/dt and t/T
+    """
+
+    def __init__(
+        self,
+        cvs,
+        periodic=None,
+        hidden: int = 64,
+        n_layers: int = 2,
+        force_scale: float = 10.0,
+        cv_scale: float = 1.0,
+        velocity_scale=1.0,
+        velocity: bool = True,
+        time: bool = True,
+    ):
+        super().__init__()
+        self.cvs = cvs
+        if periodic is None:
+            periodic = getattr(cvs, "periodic", None)
+        if periodic is None:
+            raise ValueError("give the periodic flags of the CVs (periodic=...), the CV function has none")
+        self.register_buffer("periodic", torch.as_tensor(periodic, dtype=torch.bool).flatten())
+        k = len(self.periodic)
+        self.register_buffer("velocity_scale", torch.as_tensor(velocity_scale, dtype=torch.float64).expand(k).clone())
+        self.force_scale, self.cv_scale = float(force_scale), float(cv_scale)
+        self.velocity, self.time = velocity, time
+        n_periodic = int(self.periodic.sum())
+        layers, width = [], k + n_periodic + (k if velocity else 0) + (1 if time else 0)
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        last = nn.Linear(width, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def features(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None, create_graph: bool = False):
+        """Network inputs (B, F) of ``pos`` (which must require grad for the velocity features)."""
+        values = self.cvs(pos)
+        if values.ndim != 2 or values.shape[1] != len(self.periodic):
+            raise ValueError(f"the CVs have shape {tuple(values.shape)}; expected (B, {len(self.periodic)})")
+        periodic = self.periodic.to(values.device)
+        features = [torch.cos(values[:, periodic]), torch.sin(values[:, periodic]), values[:, ~periodic] / self.cv_scale]
+        if self.velocity:
+            if vel is None:
+                raise ValueError("this CVControl uses dcv/dt: give the velocities")
+            rates = []
+            for k in range(values.shape[1]):  # dcv_k/dt = (grad_x cv_k) . v, differentiable in x
+                (grad,) = torch.autograd.grad(values[:, k].sum(), pos, create_graph=True)
+                rates.append((grad * vel.to(grad)).sum((1, 2)))
+            features.append(torch.stack(rates, 1) / self.velocity_scale.to(values))
+        if self.time:
+            if t is None:
+                raise ValueError("this CVControl uses the time t/T: give it")
+            features.append(torch.as_tensor(t).to(values).reshape(-1, 1).expand(len(values), 1))
+        return torch.cat(features, 1)
+
+    def potential(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """U_theta (B,), kJ/mol (differentiable in ``pos`` if it requires grad)."""
+        h = self.features(pos, vel, t)
+        return self.force_scale * self.net(h.to(self.net[-1].weight.dtype))[:, 0].to(pos)
+
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """pos, vel (B, N, 3) nm, nm/ps; t (B,) in [0, 1] -> control force -grad_x U (B, N, 3) kJ/(mol nm)."""
+        if pos.ndim != 3:
+            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, N, d)")
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x = pos.detach().requires_grad_(True)
+            v = None if vel is None else vel.detach()
+            energy = self.potential(x, v, t)
+            (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
+        return -grad if create_graph else -grad.detach()
+
+
 def checked_control(control, pos: Tensor, vel: Tensor, t: Tensor) -> Tensor:
     """``control(pos, vel, t)``, raising a clear error unless it is a force of the positions' shape (B, N, d)."""
     force = control(pos, vel, t)

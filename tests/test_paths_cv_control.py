@@ -1,0 +1,110 @@
+"""CVControl: a control force -grad_x U_theta(CVs, dCVs/dt, t/T) on alanine dipeptide's phi/psi."""
+
+import math
+
+import mdtraj
+import pytest
+import torch
+
+from molscore.paths import load_states
+from molscore.paths.path_controls import CVControl, checked_control
+from molscore.system import load_system
+
+
+@pytest.fixture(scope="module")
+def alanine():
+    system = load_system("alanine_dipeptide", variant="vacuum")
+    cvs, _ = load_states(system)
+    pos = torch.as_tensor(mdtraj.load(str(system.structure)).xyz, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    pos = pos + 0.01 * torch.randn((3, *pos.shape[1:]), generator=gen, dtype=torch.float64)  # (3, 22, 3)
+    vel = 0.5 * torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.4, 0.9], dtype=torch.float64)
+    return cvs, pos, vel, t
+
+
+def _trained(cvs, seed=1, **kwargs) -> CVControl:
+    torch.manual_seed(seed)
+    control = CVControl(cvs, hidden=16, force_scale=5.0, velocity_scale=2.0, **kwargs).double()
+    with torch.no_grad():
+        for p in control.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    return control
+
+
+def _rotation(seed=2) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.linalg.det(q))  # proper rotation
+
+
+def test_zero_force_at_initialisation(alanine):
+    cvs, pos, vel, t = alanine
+    control = CVControl(cvs).double()
+    force = checked_control(control, pos, vel, t)
+    assert force.shape == pos.shape
+    assert torch.all(force == 0)
+    with torch.no_grad():  # as in a rollout
+        assert torch.all(control(pos, vel, t) == 0)
+
+
+@pytest.mark.parametrize("velocity", [True, False])
+def test_force_is_minus_gradient_of_the_potential(alanine, velocity):
+    cvs, pos, vel, t = alanine
+    control = _trained(cvs, velocity=velocity)
+    with torch.no_grad():
+        force = control(pos, vel, t)
+    assert force.abs().max() > 1e-3
+    eps = 1e-6
+    numeric = torch.zeros_like(pos)
+    for atom in range(pos.shape[1]):
+        for axis in range(3):
+            step = torch.zeros_like(pos)
+            step[:, atom, axis] = eps
+            up = control.potential(pos + step, vel, t) if not velocity else _potential(control, pos + step, vel, t)
+            down = control.potential(pos - step, vel, t) if not velocity else _potential(control, pos - step, vel, t)
+            numeric[:, atom, axis] = -(up - down).detach() / (2 * eps)
+    torch.testing.assert_close(force, numeric, rtol=1e-5, atol=1e-6 * float(force.abs().max()))
+
+
+def _potential(control, pos, vel, t):  # the velocity features need positions that require grad
+    with torch.enable_grad():
+        return control.potential(pos.clone().requires_grad_(True), vel, t).detach()
+
+
+def test_velocity_features_are_exact_time_derivatives(alanine):
+    cvs, pos, vel, t = alanine
+    control = _trained(cvs)
+    x = pos.clone().requires_grad_(True)
+    rates = control.features(x, vel, t)[:, 4:6] * 2.0  # cos, sin of phi and psi, then dphi/dt, dpsi/dt
+    eps = 1e-6
+    diff = cvs(pos + eps * vel) - cvs(pos - eps * vel)
+    diff = torch.remainder(diff + math.pi, 2 * math.pi) - math.pi  # wrap the periodic differences
+    torch.testing.assert_close(rates.detach(), diff / (2 * eps), rtol=1e-6, atol=1e-6)
+
+
+def test_force_rotates_with_the_molecule_and_ignores_translations(alanine):
+    cvs, pos, vel, t = alanine
+    control = _trained(cvs)
+    rot, shift = _rotation(), torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+    with torch.no_grad():
+        force = control(pos, vel, t)
+        rotated = control(pos @ rot.T, vel @ rot.T, t)
+        moved = control(pos + shift, vel, t)
+    torch.testing.assert_close(rotated, force @ rot.T, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(moved, force, rtol=1e-7, atol=1e-9)
+
+
+def test_gradients_reach_the_network_through_the_force(alanine):
+    cvs, pos, vel, t = alanine
+    control = CVControl(cvs, velocity_scale=2.0).double()  # zero last layer: only it gets a gradient at first
+    probe = torch.randn(pos.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loss = (checked_control(control, pos, vel, t) * probe).sum()  # not uniform: the total force is zero
+    loss.backward()
+    assert control.net[-1].weight.grad is not None and control.net[-1].weight.grad.abs().sum() > 0
+    trained = _trained(cvs)
+    loss = (trained(pos, vel, t) ** 2).sum()
+    loss.backward()
+    weights = [p for name, p in trained.net.named_parameters() if name != f"{len(trained.net) - 1}.bias"]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)  # U's offset exerts no force
+    with torch.no_grad():  # no graph in a rollout
+        assert not trained(pos, vel, t).requires_grad
