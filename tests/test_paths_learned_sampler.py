@@ -59,6 +59,18 @@ def _mean_and_error(values):
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
 
+def _assert_reweighting_undoes_the_bias(log_weights, positions, reference):
+    """The self-normalised weighted path-mean x equals brute force's within 4 SE; the unweighted one does not."""
+    w = torch.softmax(log_weights, 0)
+    observable = positions[:, :, 0, 0].mean(0)
+    mean = float((w * observable).sum())
+    se = float(torch.sqrt((w**2 * (observable - mean) ** 2).sum()))
+    ref, ref_se = _mean_and_error(reference[:, :, 0, 0].mean(0))
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+    biased, biased_se = _mean_and_error(observable)
+    assert abs(biased - ref) > 6 * math.hypot(biased_se, ref_se)  # the bias matters, the weights undo it
+
+
 # path likelihoods ------------------------------------------------------------------------------------------------
 def test_controlled_rollout_draws_are_recovered_and_zero_control_gives_zero_ratio(mb):
     """The O-step control u(x, v, t): z_theta = z_0 - dt u / (m s sigma) recovers the seeded draws exactly."""
@@ -130,14 +142,7 @@ def test_importance_weights_reproduce_unbiased_averages(mb):
     assert sample.evaluations_per_path == n_steps + 1
     reference = _unbiased(term, starts, n_paths, n_steps)
     # mean x over the path, no condition on the end: weights p_0 / p_theta without the indicator
-    w = torch.softmax(sample.log_ratio, 0)
-    observable = sample.paths.positions[:, :, 0, 0].mean(0)
-    mean = float((w * observable).sum())
-    se = float(torch.sqrt((w**2 * (observable - mean) ** 2).sum()))
-    ref, ref_se = _mean_and_error(reference[:, :, 0, 0].mean(0))
-    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
-    biased, biased_se = _mean_and_error(observable)
-    assert abs(biased - ref) > 6 * math.hypot(biased_se, ref_se)  # the bias matters, the weights undo it
+    _assert_reweighting_undoes_the_bias(sample.log_ratio, sample.paths.positions, reference)
     # the probability of ending in B
     p, p_se = sample.transition_probability()
     hits = b.contains(b.cvs(reference[-1])).double()
@@ -180,14 +185,7 @@ def test_pool_start_weights_reproduce_averages_over_the_pool(mb):
     # brute force over the same pool: its starts taken in turn, their own velocities
     index = torch.arange(n_paths) % 8
     reference = propagate(term, pool.positions[index], pool.velocities[index], n_steps, DT, SeededNoise(7)).positions
-    w = torch.softmax(sample.log_path_weights, 0)
-    observable = sample.paths.positions[:, :, 0, 0].mean(0)
-    mean = float((w * observable).sum())
-    se = float(torch.sqrt((w**2 * (observable - mean) ** 2).sum()))
-    ref, ref_se = _mean_and_error(reference[:, :, 0, 0].mean(0))
-    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
-    biased, biased_se = _mean_and_error(observable)
-    assert abs(biased - ref) > 6 * math.hypot(biased_se, ref_se)
+    _assert_reweighting_undoes_the_bias(sample.log_path_weights, sample.paths.positions, reference)
     p, p_se = sample.transition_probability()
     p_ref, p_ref_se = _mean_and_error(b.contains(b.cvs(reference[-1])).double())
     assert abs(p - p_ref) < 4 * math.hypot(p_se, p_ref_se), (p, p_se, p_ref, p_ref_se)
