@@ -5,6 +5,18 @@ import torch
 from torch import Tensor, nn
 
 
+def zero_output_mlp(n_in: int, hidden: int, n_layers: int, n_out: int) -> nn.Sequential:
+    """SiLU MLP ``n_in -> hidden (x n_layers) -> n_out`` whose last layer is zero: it starts as the zero function."""
+    layers, width = [], n_in
+    for _ in range(n_layers):
+        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    last = nn.Linear(width, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
 # controls --------------------------------------------------------------------------------------------------------
 class MLPControl(nn.Module):
     """Control force from an MLP over flattened positions, velocities and the time t/T (low-dimensional systems).
@@ -40,14 +52,8 @@ class MLPControl(nn.Module):
         self.force_scale, self.length_scale, self.speed_scale = float(force_scale), float(length_scale), float(speed_scale)
         self.velocity, self.time = velocity, time
         self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        layers, width = [], n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, n_particles * dim)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        n_in = n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
+        self.net = zero_output_mlp(n_in, hidden, n_layers, n_particles * dim)
 
     def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """pos, vel (B, N, d) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, d) kJ/(mol nm)."""
@@ -162,14 +168,7 @@ class CVControl(nn.Module):
         self.force_scale, self.cv_scale = float(force_scale), float(cv_scale)
         self.velocity, self.time = velocity, time
         n_periodic = int(self.periodic.sum())
-        layers, width = [], k + n_periodic + (k if velocity else 0) + (1 if time else 0)
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, 1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(k + n_periodic + (k if velocity else 0) + (1 if time else 0), hidden, n_layers, 1)
 
     def features(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None, create_graph: bool = False):
         """Network inputs (B, F) of ``pos`` (which must require grad for the velocity features)."""
@@ -244,14 +243,7 @@ class LogNormaliser(nn.Module):
         self.n_particles, self.dim = n_particles, dim
         self.length_scale, self.speed_scale = float(length_scale), float(speed_scale)
         self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        layers, width = [], 2 * n_particles * dim
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, 1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(2 * n_particles * dim, hidden, n_layers, 1)
         self.log_offset = nn.Parameter(torch.tensor(float(initial)))
 
     def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
