@@ -49,7 +49,7 @@ from molscore.paths.collective_variables import kabsch_rmsd
 from molscore.paths.controlled_paths import StartPool
 from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
 from molscore.paths.mountain_pass import mountain_pass
-from molscore.paths.path_controls import CVControl
+from molscore.paths.path_controls import CVControl, cv_rates
 from molscore.paths.plots import plot_path_density, plot_path_lengths
 from molscore.system import load_system
 
@@ -59,16 +59,20 @@ def _cell(angles: np.ndarray, phi: float, psi: float) -> tuple[int, int]:
     return near(phi), near(psi)
 
 
-def _transition_time(path: np.ndarray, cvs, a, b, dt_frame: float) -> float:
-    values = cvs(torch.as_tensor(path, dtype=torch.float64))
+def _cv_values(path: np.ndarray, cvs) -> torch.Tensor:
+    return cvs(torch.as_tensor(path, dtype=torch.float64))
+
+
+def _transition_time(values: torch.Tensor, a, b, dt_frame: float) -> float:
+    """Time from the last frame in A to the first frame in B of a path's CV values (F, K) saved every dt_frame."""
     in_a, in_b = a.contains(values).numpy(), b.contains(values).numpy()
     first_b = int(np.argmax(in_b))
     last_a = int(np.nonzero(in_a[: first_b + 1])[0].max()) if in_a[: first_b + 1].any() else 0
     return (first_b - last_a) * dt_frame
 
 
-def _crossing_frame(path: np.ndarray, cvs, a, b) -> int:
-    values = cvs(torch.as_tensor(path, dtype=torch.float64))
+def _crossing_frame(values: torch.Tensor, a, b) -> int:
+    """First frame of a path's CV values (F, K) past the dividing surface d(A) = d(B)."""
     gap = (a.distance(values) - b.distance(values)).numpy()  # < 0 nearer A
     changes = np.nonzero(np.diff(np.sign(gap)) > 0)[0]
     return int(changes[0] + 1) if len(changes) else int(np.argmin(np.abs(gap)))
@@ -81,19 +85,6 @@ def _mean_std(values, weights) -> str:
     return f"{m:.1f} ± {math.sqrt(np.average((values[ok] - m) ** 2, weights=weights[ok])):.1f}"
 
 
-def _cv_rates(cvs, pos: torch.Tensor, vel: torch.Tensor) -> torch.Tensor:
-    """dcv/dt = (grad_x cv) . v, (B, K), by autograd."""
-    x = pos.detach().requires_grad_(True)
-    values = cvs(x)
-    return torch.stack(
-        [
-            (torch.autograd.grad(values[:, k].sum(), x, retain_graph=True)[0] * vel).sum((1, 2))
-            for k in range(values.shape[1])
-        ],
-        1,
-    ).detach()
-
-
 def learned_sampler_row(
     term, cvs, a, b, starts, args, dt, n_steps, save_every, heavy, target_t, e_min
 ) -> tuple[dict, tuple | None]:
@@ -102,7 +93,8 @@ def learned_sampler_row(
     ended in C7ax)."""
     torch.manual_seed(0)
     pool = StartPool.draw(term, starts, a, seed=0)
-    rate_scale = _cv_rates(cvs, pool.positions, pool.velocities).std(0)  # equilibrium spread of dphi/dt, dpsi/dt
+    x = pool.positions.detach().requires_grad_(True)
+    rate_scale = cv_rates(cvs(x), x, pool.velocities).detach().std(0)  # equilibrium spread of dphi/dt, dpsi/dt
     control = CVControl(cvs, hidden=64, force_scale=args.sampler_force, velocity_scale=rate_scale).double()
     sampler = LearnedPathSampler(term, control, a, b, n_steps, dt)
     k = args.sampler_batch // 8
@@ -147,11 +139,15 @@ def learned_sampler_row(
     energies = paths.energies.numpy()  # (T + 1, C), at every step
     emax = energies.max(0)
     full = [paths.positions[:, i].numpy() for i in range(n)]
-    e_cross = np.array([energies[_crossing_frame(p, cvs, a, b), i] for i, p in enumerate(full)])
+    values = [_cv_values(p, cvs) for p in full]
+    e_cross = np.array([energies[_crossing_frame(v, a, b), i] for i, v in enumerate(values)])
     saved = [p[::save_every] for p in full]
     in_b = sample.in_b.numpy()
     t_tr = np.array(
-        [_transition_time(p, cvs, a, b, save_every * dt) if hit else np.nan for p, hit in zip(saved, in_b, strict=True)]
+        [
+            _transition_time(v[::save_every], a, b, save_every * dt) if hit else np.nan
+            for v, hit in zip(values, in_b, strict=True)
+        ]
     )
     both = lambda v: f"{_mean_std(v, w)} ({_mean_std(v, raw)})"  # noqa: E731
     training = log.energy_evaluations
@@ -244,10 +240,11 @@ def main(argv=None) -> int:
         w = ensemble.weights(args.burn_in)
         ends = torch.as_tensor(np.stack([p[-1] for p in ensemble.paths]), dtype=torch.float64)
         rmsd = 10 * kabsch_rmsd(ends[:, heavy], target_t).numpy()  # Angstrom
-        crossing = np.stack([p[_crossing_frame(p, cvs, a, b)] for p in ensemble.paths])
+        values = [_cv_values(p, cvs) for p in ensemble.paths]
+        crossing = np.stack([p[_crossing_frame(v, a, b)] for p, v in zip(ensemble.paths, values, strict=True)])
         e_cross = force_field(torch.as_tensor(crossing, dtype=torch.float64))[0].numpy()
         emax = np.asarray(ensemble.max_energy)
-        t_tr = np.array([_transition_time(p, cvs, a, b, save_every * dt) for p in ensemble.paths])
+        t_tr = np.array([_transition_time(v, a, b, save_every * dt) for v in values])
         in_target = b.contains(cvs(ends)).numpy()
         decorrelated = int(ensemble.decorrelated.sum())
         trials = args.chains * ensemble.n_moves

@@ -17,6 +17,16 @@ def zero_output_mlp(n_in: int, hidden: int, n_layers: int, n_out: int) -> nn.Seq
     return nn.Sequential(*layers, last)
 
 
+def cv_rates(values: Tensor, pos: Tensor, vel: Tensor, create_graph: bool = False) -> Tensor:
+    """Time derivatives dcv_k/dt = (grad_x cv_k) . v, (B, K), of CV ``values (B, K)`` computed from ``pos (B, N, d)``
+    (which must require grad) along velocities ``vel (B, N, d)``; differentiable in ``pos`` with ``create_graph``."""
+    rates = []
+    for k in range(values.shape[1]):
+        (grad,) = torch.autograd.grad(values[:, k].sum(), pos, create_graph=create_graph, retain_graph=True)
+        rates.append((grad * vel.to(grad)).sum((1, 2)))
+    return torch.stack(rates, 1)
+
+
 # controls --------------------------------------------------------------------------------------------------------
 class MLPControl(nn.Module):
     """Control force from an MLP over flattened positions, velocities and the time t/T (low-dimensional systems).
@@ -180,11 +190,7 @@ class CVControl(nn.Module):
         if self.velocity:
             if vel is None:
                 raise ValueError("this CVControl uses dcv/dt: give the velocities")
-            rates = []
-            for k in range(values.shape[1]):  # dcv_k/dt = (grad_x cv_k) . v, differentiable in x
-                (grad,) = torch.autograd.grad(values[:, k].sum(), pos, create_graph=True)
-                rates.append((grad * vel.to(grad)).sum((1, 2)))
-            features.append(torch.stack(rates, 1) / self.velocity_scale.to(values))
+            features.append(cv_rates(values, pos, vel, create_graph=True) / self.velocity_scale.to(values))
         if self.time:
             if t is None:
                 raise ValueError("this CVControl uses the time t/T: give it")
