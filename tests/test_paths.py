@@ -26,6 +26,8 @@ from molscore.paths import (
     propagate,
 )
 from molscore.paths.collective_variables import kabsch_rmsd
+from molscore.paths.controlled_paths import step_states
+from molscore.paths.path_fitting import target_rollout
 from molscore.system import load_system
 
 pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
@@ -190,6 +192,16 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     assert np.array_equal(np.array(resumed.history), np.array(full.history))
     assert all(np.array_equal(p, q) for p, q in zip(resumed.paths, full.paths, strict=True))
     assert resumed.evaluations == full.evaluations > 0  # the cost counts the interrupted run's moves too
+    assert all(np.array_equal(u, v) for u, v in zip(resumed.start_velocities, full.start_velocities, strict=True))
+    # the ensemble as fixed-length paths with their start velocities (to fit a path sampler): the BAOAB draws
+    # recovered from positions and v_0 are unit normals (a wrong v_0 would give draws of size ~20)
+    batch, weights = full.fixed_length_paths()
+    made = (full.weights() > 0) & (np.asarray(full.move) >= 0)  # the initial paths are left out
+    assert batch.n_paths == len(weights) == int(made.sum()) and weights.sum() == full.weights()[made].sum()
+    x_mid, v_in, v_out = step_states(target_rollout(batch, term), term, dt)
+    c = math.exp(-term.friction * dt)
+    z = (v_out - c * v_in) / math.sqrt(-math.expm1(-2 * term.friction * dt) * term.kT / float(term.masses[0]))
+    assert 0.85 < float((z**2).mean()) < 1.15, float((z**2).mean())
     # the ensemble as one trajectory file with an index
     import mdtraj as md
 

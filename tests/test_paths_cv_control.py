@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from molscore.paths import load_states
-from molscore.paths.path_controls import CVControl, checked_control
+from molscore.paths.path_controls import CVControl, CVLogNormaliser, checked_control
 from molscore.system import load_system
 
 
@@ -108,3 +108,23 @@ def test_gradients_reach_the_network_through_the_force(alanine):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)  # U's offset exerts no force
     with torch.no_grad():  # no graph in a rollout
         assert not trained(pos, vel, t).requires_grad
+
+
+def test_cv_log_normaliser_is_invariant_trainable_and_works_without_grad(alanine):
+    """log Z of (phi, psi, their rates): constant at first; after a random draw of its weights the same for the
+    rotated and translated molecule, differentiable in its parameters, and callable under no_grad."""
+    cvs, pos, vel, _ = alanine
+    torch.manual_seed(3)
+    log_z = CVLogNormaliser(cvs, hidden=16, velocity_scale=2.0).double()
+    assert torch.equal(log_z(pos, vel), torch.zeros(3, dtype=torch.float64))
+    with torch.no_grad():
+        for p in log_z.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    r = _rotation()
+    value = log_z(pos, vel)
+    assert torch.allclose(log_z(pos @ r.T + 0.3, vel @ r.T), value, atol=1e-10)
+    assert not torch.allclose(log_z(pos, 2 * vel), value)  # the rates matter
+    value.sum().backward()
+    assert all(p.grad is not None for p in log_z.parameters())
+    with torch.no_grad():
+        assert torch.allclose(log_z(pos, vel), value.detach())

@@ -8,6 +8,7 @@ import torch
 from molscore.dynamics import SeededNoise
 from molscore.paths import ForceFieldLangevin, NoTransitionError, fixed_length_paths, load_states, propagate
 from molscore.paths.controlled_paths import (
+    Rollout,
     StartPool,
     log_likelihood_ratio,
     proposal_log_probabilities,
@@ -17,6 +18,7 @@ from molscore.paths.controlled_paths import (
 )
 from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
 from molscore.paths.path_controls import EquivariantBias, LogNormaliser, MLPControl
+from molscore.paths.path_fitting import FitSettings, fit_control, fit_start_classifier
 from molscore.system import load_system
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -193,11 +195,18 @@ def test_pool_start_weights_reproduce_averages_over_the_pool(mb):
 
 # training --------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def brute_force_mean_x(mb):
-    """Mean x over the frames of paths A -> B of 200 steps (exact ensemble, brute force), with its error."""
+def brute_force_paths(mb):
+    """150 paths A -> B of 200 steps (the exact ensemble, brute force) and the energy evaluations they cost."""
     _, a, b, term, starts = mb
+    before = term.evaluations
     paths, _ = fixed_length_paths(term, starts, a, b, 200, DT, 150, batch_size=8000, progress=False)
-    return _mean_and_error(paths.positions[:, :, 0, 0].mean(0))
+    return paths, term.evaluations - before
+
+
+@pytest.fixture(scope="module")
+def brute_force_mean_x(brute_force_paths):
+    """Mean x over the frames of the brute-force paths, with its error."""
+    return _mean_and_error(brute_force_paths[0].positions[:, :, 0, 0].mean(0))
 
 
 def _trained(mb, n_iterations, batch_size, **settings):
@@ -242,6 +251,84 @@ def test_training_reaches_a_high_hit_fraction(mb):
     sample = sampler.sample(pool, 4000, batch_size=4000, seed=1, progress=False)
     assert sample.thp > 20.0, sample.summary()
     assert sample.ess_fraction > 0
+
+
+# fits to target paths (forward KL) ------------------------------------------------------------------------------
+def _constant_drift_paths(mb, force, n_paths=256, n_steps=50, seed=3):
+    _, _, _, term, starts = mb
+    x = starts[:n_paths]
+    noise = SeededNoise(seed)
+    v = term.thermal_speed(x) * noise.normal(0, x.shape, x.dtype, x.device, 2)
+    return rollout(term, ConstantBias(force), x, v, n_steps, DT, noise)[0]
+
+
+def test_fit_control_recovers_a_known_drift_and_follows_the_weights(mb):
+    """Paths drawn with a constant control force are fitted by maximum likelihood: the fitted constant equals the true
+    one within 5 standard errors (one step's draw pins the force to m s sigma / dt ~ 68 kJ/(mol nm); 12,800 steps);
+    weights 1/0 over a mixture of paths from two forces select one of them."""
+    term = mb[3]
+    first, second = _constant_drift_paths(mb, [30.0, -20.0]), _constant_drift_paths(mb, [-40.0, 10.0], seed=4)
+    settings = FitSettings(n_steps=300, batch_size=256, learning_rate=1.0)
+    se = 0.5 * math.sqrt(-math.expm1(-2 * FRICTION * DT)) * math.sqrt(term.kT / 0.5) / DT / math.sqrt(256 * 50)
+    fitted = ConstantBias([0.0, 0.0])
+    losses = fit_control(fitted, first, term, DT, settings=settings, progress=False)
+    assert len(losses) == 300 and losses[-1] < losses[0]
+    assert torch.allclose(fitted.force.detach(), torch.tensor([30.0, -20.0], dtype=torch.float64), atol=5 * se), (fitted.force, se)
+    cat = lambda name, dim: torch.cat([getattr(first, name), getattr(second, name)], dim)  # noqa: E731
+    both = Rollout(cat("positions", 1), cat("v0", 0), cat("reference_forces", 1))
+    weights = torch.cat([torch.zeros(256), torch.ones(256)])
+    fitted = ConstantBias([0.0, 0.0])
+    fit_control(fitted, both, term, DT, weights=weights, settings=settings, progress=False)
+    assert torch.allclose(fitted.force.detach(), torch.tensor([-40.0, 10.0], dtype=torch.float64), atol=5 * se), (fitted.force, se)
+    with pytest.raises(ValueError, match="weights"):
+        fit_control(fitted, first, term, DT, weights=torch.zeros(256), progress=False)
+
+
+def test_start_classifier_recovers_a_known_log_ratio(mb):
+    """Target starts drawn from equilibrium starts with probability ~ exp(2 x): the fitted log Z rises with slope 2
+    in x (least squares over the equilibrium starts; 4,000 resampled starts, within 0.5)."""
+    system, a, _, term, _ = mb
+    x = system.reference_samples(40_000, seed=5)
+    equilibrium = StartPool.draw(term, x[:20_000], a, seed=1)
+    other = StartPool.draw(term, x[20_000:], a, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.multinomial(torch.exp(2.0 * other.positions[:, 0, 0]), 4000, replacement=True, generator=gen)
+    torch.manual_seed(0)
+    log_z = LogNormaliser(1, 2, hidden=32, speed_scale=math.sqrt(term.kT / 0.5), offset=torch.tensor([[-0.5, 1.4]]))
+    settings = FitSettings(n_steps=600, batch_size=256, learning_rate=1e-2)
+    losses = fit_start_classifier(
+        log_z.double(), other.positions[pick], other.velocities[pick], equilibrium, settings, False
+    )
+    assert sum(losses[-100:]) / 100 < math.log(4)  # below the loss of a constant logit, 2 log 2
+    with torch.no_grad():
+        values = log_z(equilibrium.positions, equilibrium.velocities)
+    design = torch.stack([equilibrium.positions[:, 0, 0], torch.ones(len(values))], 1)
+    slope = torch.linalg.lstsq(design, values[:, None]).solution[0, 0]
+    assert abs(float(slope) - 2.0) < 0.5, float(slope)
+
+
+def test_fit_to_brute_force_paths_gives_exact_weights_and_counts_their_cost(mb, brute_force_paths, brute_force_mean_x):
+    """The control and start proposal fitted to 150 brute-force paths (~20 s): THP far above the unbiased ~0.5 %, the
+    reweighted mean x equals brute force's, and the training cost includes the paths' cost and the fit's forces."""
+    _, a, b, term, starts = mb
+    paths, cost = brute_force_paths
+    torch.manual_seed(0)
+    speed, offset = math.sqrt(term.kT / 0.5), torch.tensor([[-0.5, 0.7]])
+    control = MLPControl(1, 2, force_scale=100.0, speed_scale=speed, offset=offset).double()
+    log_z = LogNormaliser(1, 2, speed_scale=speed, offset=offset).double()
+    sampler = LearnedPathSampler(term, control, a, b, 200, DT, log_normaliser=log_z)
+    pool = StartPool.draw(term, starts, a, 2048, seed=0)
+    log = sampler.fit_to_paths(paths, pool, cost=cost, settings=FitSettings(n_steps=200, batch_size=64), progress=False)
+    assert len(log.fit_loss) == 200 and log.energy_evaluations == cost + 150 * 201
+    sample = sampler.sample(pool, 8000, batch_size=4000, seed=1, progress=False)
+    assert sample.thp > 3.0 and sample.ess > 30, sample.summary()
+    mean, se = sample.estimate(sample.paths.positions[:, :, 0, 0].mean(0))
+    ref, ref_se = brute_force_mean_x
+    assert abs(mean - ref) < 4 * math.hypot(se, ref_se), (mean, se, ref, ref_se)
+    with pytest.raises(ValueError, match="n_steps=100"):
+        LearnedPathSampler(term, control, a, b, 100, DT).fit_to_paths(paths, progress=False)
+    with pytest.raises(ValueError, match="do not end in"):
+        LearnedPathSampler(term, control, a, a, 200, DT).fit_to_paths(paths, progress=False)
 
 
 # bad input -------------------------------------------------------------------------------------------------------

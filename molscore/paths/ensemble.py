@@ -20,7 +20,9 @@ class PathEnsemble:
 
     Attributes
     ----------
-    paths : list of ndarray (F_i, N, d) float32, nm: saved frames of each unique path
+    paths : list of ndarray (F_i, N, d), nm: saved frames of each unique path, in the precision of the paths
+        sampled (float64 keeps what fitting a path sampler needs: BAOAB's draws are recovered from the positions)
+    start_velocities : list of ndarray (N, d), nm/ps: the velocities at each path's first frame
     steps : list of int, path length in steps
     max_energy : list of float, the highest potential energy along the path at full resolution, kJ/mol (NaN if
         the force field gives no energy)
@@ -34,6 +36,7 @@ class PathEnsemble:
     def __init__(self, n_chains: int, dt: float, save_every: int = 1):
         self.dt, self.save_every = float(dt), int(save_every)
         self.paths: list[np.ndarray] = []
+        self.start_velocities: list[np.ndarray] = []
         self.steps: list[int] = []
         self.max_energy: list[float] = []
         self.chain: list[int] = []
@@ -48,12 +51,14 @@ class PathEnsemble:
     def add(self, batch: PathBatch, chains: np.ndarray, move: int) -> np.ndarray:
         """Store the paths of ``batch`` (one per entry of ``chains``); returns their indices."""
         first = len(self.paths)
-        pos = batch.positions.detach().to("cpu", torch.float32).numpy()
+        pos = batch.positions.detach().cpu().numpy()
+        v0 = batch.velocities[0].detach().cpu().numpy()
         energies = batch.energies.detach().to("cpu", torch.float64).numpy()
         for i, chain in enumerate(chains):
             n = int(batch.lengths[i])
             frames = sorted(set(range(0, n + 1, self.save_every)) | {n})
             self.paths.append(pos[frames, i].copy())
+            self.start_velocities.append(v0[i].copy())
             self.steps.append(n)
             e = energies[: n + 1, i]
             self.max_energy.append(float(np.max(e)) if np.isfinite(e).all() else float("nan"))
@@ -70,12 +75,38 @@ class PathEnsemble:
     def n_moves(self) -> int:
         return len(self.history)
 
-    def weights(self, burn_in: int = 0) -> np.ndarray:
-        """Multiplicity (n_paths,) of each unique path over the moves after ``burn_in`` (all chains)."""
+    def weights(self, burn_in: int = 0, initial: bool = True) -> np.ndarray:
+        """Multiplicity (n_paths,) of each unique path over the moves after ``burn_in`` (all chains); with
+        ``initial=False`` the initial paths get none (when they are not samples of the ensemble, e.g. pulled by a
+        bias, and a chain has not accepted a move yet; one-way moves keep pieces of them for longer)."""
         if self.n_moves <= burn_in:
             raise ValueError(f"burn_in={burn_in} discards all {self.n_moves} moves; sample longer or lower it")
-        counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths))
-        return counts.astype(float)
+        counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths)).astype(float)
+        return counts if initial else counts * (np.asarray(self.move) >= 0)
+
+    def fixed_length_paths(self, burn_in: int = 0) -> tuple[PathBatch, np.ndarray]:
+        """The unique paths with weight after ``burn_in`` that a move produced as a :class:`PathBatch` (float64;
+        velocities: the first frame's only, NaN elsewhere; e.g. to fit the learned path sampler) and their weights.
+        The initial paths are left out (often not samples of the ensemble, e.g. pulled by a bias); with one-way
+        moves later paths keep pieces of them, two-way moves make every path anew. Needs every frame
+        (``save_every = 1``) and paths of one length (a fixed-length ensemble)."""
+        w = self.weights(burn_in, initial=False)
+        if not w.any():
+            raise ValueError(f"no path made by a move has weight after burn_in={burn_in}: sample longer")
+        chosen = np.nonzero(w > 0)[0]
+        steps = {self.steps[i] for i in chosen}
+        if self.save_every != 1 or len(steps) != 1:
+            raise ValueError(
+                f"full paths of one length are needed (save_every={self.save_every}, lengths {sorted(steps)[:5]}): "
+                "shoot with save_every=1 and fixed length"
+            )
+        pos = torch.as_tensor(np.stack([self.paths[i] for i in chosen], 1), dtype=torch.float64)
+        vel = torch.full_like(pos, float("nan"))
+        vel[0] = torch.as_tensor(np.stack([self.start_velocities[i] for i in chosen]), dtype=torch.float64)
+        lengths = torch.full((len(chosen),), steps.pop(), dtype=torch.long)
+        energies = torch.full(pos.shape[:2], float("nan"), dtype=torch.float64)
+        ids = torch.full(pos.shape[:2], -1, dtype=torch.long)
+        return PathBatch(pos, vel, energies, lengths, ids), w[chosen]
 
     def acceptance(self, burn_in: int = 0) -> float:
         return float(np.mean(self.accepted[burn_in:])) if self.accepted[burn_in:] else float("nan")
@@ -145,6 +176,7 @@ class PathEnsemble:
         frames = [self.paths[i] for i in new]
         data = {
             "frames": np.concatenate(frames),
+            "start_velocities": np.stack([self.start_velocities[i] for i in new]),
             "offsets": np.cumsum([0] + [len(f) for f in frames]),
             "steps": np.asarray([self.steps[i] for i in new]),
             "max_energy": np.asarray([self.max_energy[i] for i in new]),
@@ -181,6 +213,10 @@ class PathEnsemble:
                 offsets = data["offsets"]
                 for i in range(len(offsets) - 1):
                     out.paths.append(data["frames"][offsets[i] : offsets[i + 1]])
+                if "start_velocities" in data:
+                    out.start_velocities += list(data["start_velocities"])
+                else:  # chunks written before start velocities were kept
+                    out.start_velocities += [np.full(data["frames"].shape[1:], np.nan)] * (len(offsets) - 1)
                 out.steps += data["steps"].tolist()
                 out.max_energy += data["max_energy"].tolist()
                 out.chain += data["chain"].tolist()
@@ -188,7 +224,7 @@ class PathEnsemble:
         n = int(bookkeeping["written"])
         if len(out.paths) < n:
             raise ValueError(f"{folder}: the checkpoint counts {n} paths but the chunk files hold {len(out.paths)}")
-        for name in ("paths", "steps", "max_energy", "chain", "move"):
+        for name in ("paths", "start_velocities", "steps", "max_energy", "chain", "move"):
             setattr(out, name, getattr(out, name)[:n])
         out._written = n
         out.history = list(bookkeeping["history"].numpy())

@@ -24,6 +24,10 @@ the path log-likelihood ratio log p_theta - log p_0 = sum_n (z_0 . delta - |delt
   the variance of R(tau) = log p_theta(tau | x_0, v_0) - log p_0(tau | x_0, v_0) - log 1_B^soft(x_T), with the path
   likelihoods at the target kT and log 1_B^soft(x) = -d_B(x)^2 / (2 sigma_B^2), d_B the CV-space distance from x to
   the ball B (0 inside). The optimal control makes R = -log P(B | x_0, v_0) (soft), constant within a group;
+- fitting to target paths (:meth:`LearnedPathSampler.fit_to_paths`, :mod:`molscore.paths.path_fitting`): maximum
+  likelihood of exact samples of the ensemble (shooting or brute force) for the control, and a classifier of their
+  starts against equilibrium starts for the log-normaliser: forward KL, mass-covering, the weights do not collapse
+  the way they do after the log-variance training alone; training cost includes the samples' cost;
 - sampling: each path gets log w = log p_0 - log p_theta + log 1_B(x_T) (hard indicator, -inf outside B);
   self-normalised weights give unbiased-ensemble averages, the effective sample size measures their quality.
 - importance sampling of the starts: P(B | x_0, v_0) varies hugely between starts, so even the optimal control gives
@@ -57,6 +61,7 @@ from molscore.paths.controlled_paths import (
 )
 from molscore.paths.path_batch import PathBatch
 from molscore.paths.path_dynamics import ForceFieldLangevin
+from molscore.paths.path_fitting import FitSettings, fit_control, fit_start_classifier, target_rollout
 from molscore.paths.states import Region
 
 
@@ -113,9 +118,11 @@ class TrainingSettings:
 
 @dataclass
 class TrainingLog:
-    """Per iteration: loss, fraction of rollout paths ending in B, rollout kT (kJ/mol); totals and wall time (s)."""
+    """Per rollout: loss, fraction of rollout paths ending in B, rollout kT (kJ/mol); per step of fits to target paths:
+    fit_loss; totals (energy evaluations include the target paths' cost) and wall time (s)."""
 
     loss: list[float] = field(default_factory=list)
+    fit_loss: list[float] = field(default_factory=list)
     fraction_in_b: list[float] = field(default_factory=list)
     kT: list[float] = field(default_factory=list)
     energy_evaluations: int = 0
@@ -254,6 +261,42 @@ class LearnedPathSampler:
             log.paths += len(paths)
             bar.set_postfix(loss=f"{log.loss[-1]:.3g}", in_b=f"{log.fraction_in_b[-1]:.2f}", kT=f"{kT:.3g}")
         bar.close()
+        log.seconds += time.perf_counter() - clock
+        return log
+
+    def fit_to_paths(
+        self,
+        paths: PathBatch,
+        equilibrium: StartPool | None = None,
+        cost: int = 0,
+        weights: Tensor | None = None,
+        settings: FitSettings | None = None,
+        progress: bool = True,
+    ) -> TrainingLog:
+        """Fit the control to samples of the target ensemble, ``paths``: C paths of ``n_steps`` steps from A ending in
+        B (brute force or shooting, ``weights (C,)`` their Monte Carlo or importance weights, None: equal), by maximum
+        likelihood (forward KL, :mod:`molscore.paths.path_fitting`); with ``equilibrium`` starts and a log-normaliser,
+        fit it too, as the classifier of the paths' starts against them, so that :meth:`sample` draws starts from the
+        target's start marginal. ``cost``: energy evaluations spent on the paths, added to the training cost with the
+        fit's own. Appends to and returns :attr:`training_log`."""
+        if not bool((paths.lengths == self.n_steps).all()):
+            lengths = paths.lengths.unique().tolist()
+            raise ValueError(f"fit paths of exactly n_steps={self.n_steps} steps (got lengths {lengths})")
+        ends_in_b = self.in_b(paths.last())
+        starts_in_a = self.state_a.contains(self.state_a.cvs(paths.first()))
+        if not (ends_in_b.all() and starts_in_a.all()):
+            raise ValueError(
+                f"{int((~starts_in_a).sum())} paths do not start in {self.state_a.name!r} and {int((~ends_in_b).sum())} "
+                f"do not end in {self.state_b.name!r}: fit samples of the target ensemble only"
+            )
+        log = self.training_log = self.training_log or TrainingLog()
+        clock, evaluations = time.perf_counter(), self.term.evaluations
+        data = target_rollout(paths, self.term)
+        log.fit_loss += fit_control(self.control, data, self.term, self.dt, weights, settings, progress)
+        if equilibrium is not None and self.log_normaliser is not None:
+            x0, v0 = data.positions[0], data.v0
+            fit_start_classifier(self.log_normaliser, x0, v0, equilibrium, settings, progress, weights)
+        log.energy_evaluations += int(cost) + self.term.evaluations - evaluations
         log.seconds += time.perf_counter() - clock
         return log
 

@@ -257,3 +257,24 @@ class LogNormaliser(nn.Module):
         h = torch.cat([((pos - self.offset.to(pos)) / self.length_scale).flatten(1), (vel / self.speed_scale).flatten(1)], 1)
         out = self.net(h.to(self.net[-1].weight.dtype))[:, 0] + self.log_offset
         return out.to(pos)
+
+
+class CVLogNormaliser(nn.Module):
+    """Learned log Z_phi(x_0, v_0) of the CVs and their rates dcv/dt (molecules: invariant under rotations and
+    translations when the CVs are): the learned function of a :class:`CVControl` (cos/sin of periodic CVs, scaled
+    others and rates, no time; see its parameters) plus a scalar offset; it starts constant."""
+
+    def __init__(self, cvs, periodic=None, hidden: int = 64, n_layers: int = 2, cv_scale: float = 1.0, velocity_scale=1.0):
+        super().__init__()
+        self.function = CVControl(
+            cvs, periodic, hidden, n_layers, force_scale=1.0, cv_scale=cv_scale, velocity_scale=velocity_scale, time=False
+        )
+        self.log_offset = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
+        """pos, vel (B, N, 3) nm, nm/ps -> log Z (B,)."""
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():  # the rates dcv/dt need grad_x cv
+            out = self.function.potential(pos.detach().requires_grad_(True), vel.detach())
+        out = out + self.log_offset.to(out)
+        return out if keep_graph else out.detach()
