@@ -273,13 +273,15 @@ def test_fit_control_recovers_a_known_drift_and_follows_the_weights(mb):
     fitted = ConstantBias([0.0, 0.0])
     losses = fit_control(fitted, first, term, DT, settings=settings, progress=False)
     assert len(losses) == 300 and losses[-1] < losses[0]
-    assert torch.allclose(fitted.force.detach(), torch.tensor([30.0, -20.0], dtype=torch.float64), atol=5 * se), (fitted.force, se)
+    truth = torch.tensor([30.0, -20.0], dtype=torch.float64)
+    assert torch.allclose(fitted.force.detach(), truth, atol=5 * se), (fitted.force, se)
     cat = lambda name, dim: torch.cat([getattr(first, name), getattr(second, name)], dim)  # noqa: E731
     both = Rollout(cat("positions", 1), cat("v0", 0), cat("reference_forces", 1))
     weights = torch.cat([torch.zeros(256), torch.ones(256)])
     fitted = ConstantBias([0.0, 0.0])
     fit_control(fitted, both, term, DT, weights=weights, settings=settings, progress=False)
-    assert torch.allclose(fitted.force.detach(), torch.tensor([-40.0, 10.0], dtype=torch.float64), atol=5 * se), (fitted.force, se)
+    truth = torch.tensor([-40.0, 10.0], dtype=torch.float64)
+    assert torch.allclose(fitted.force.detach(), truth, atol=5 * se), (fitted.force, se)
     with pytest.raises(ValueError, match="weights"):
         fit_control(fitted, first, term, DT, weights=torch.zeros(256), progress=False)
 
