@@ -29,3 +29,31 @@ def test_alanine_workflow_quick(workflow_script, tmp_path):
     result = json.loads((tmp_path / "table.json").read_text())
     assert 25 < result["barrier"] < 50  # kJ/mol above the C7eq minimum (36.4 at fine resolution)
     assert all(row["THP %"] == "100" for row in result["rows"])
+
+
+@pytest.mark.filterwarnings("ignore:no trial path:UserWarning")  # a 3-step model: shooting may accept nothing
+def test_alanine_workflow_learned_force_field_row(workflow_script, tmp_path, capsys):
+    """--learned on tiny settings (a small MLP in place of the GNN, for speed): the learned row is in the table with
+    finite evaluation counts, or says that the learned FF gave no C7ax path; the model is trained once, then reused."""
+    module = workflow_script("transition_paths_alanine.py")
+    module.LEARNED = module.LEARNED | {
+        "model": {"parameterisation": "energy", "network": "mlp", "network_options": {"hidden": [16]}}
+    }
+    argv = ["--md-ps", "5", "--scan-grid", "6", "--chains", "2", "--moves", "2", "--burn-in", "1", "--no-reference"]
+    argv += ["--learned-chains", "2", "--learned-moves", "2", "--out", str(tmp_path)]
+    assert module.main([*argv, "--learned", "3"]) == 0
+    model = tmp_path / "learned_model" / "model.safetensors"
+    assert model.stat().st_size > 0 and "trained 3 steps" in capsys.readouterr().out
+    result = json.loads((tmp_path / "table.json").read_text())
+    [row] = result["rows"]
+    assert row["method"] == "two-way shooting (learned FF)"
+    assert row["THP %"] in ("0", "100") and "learned FF" in (tmp_path / "table.md").read_text()
+    if row["energy evals / trial path"] == "-":  # no C7ax path in the learned force field: said so in the notes
+        assert "reached C7ax" in result["notes"][-1]
+    else:
+        assert 0 < float(row["energy evals / trial path"]) < float("inf")
+        if row["acceptance"].startswith("0 ("):  # pulled starting paths only: said so in the notes
+            assert "NO trial path was accepted" in result["notes"][-1]
+    stamp = model.stat().st_mtime_ns
+    assert module.main([*argv, "--learned", "5"]) == 0  # loads the trained model instead of training again
+    assert model.stat().st_mtime_ns == stamp and "trained" not in capsys.readouterr().out

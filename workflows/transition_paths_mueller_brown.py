@@ -7,7 +7,9 @@ around the two deepest minima, ``systems/mueller_brown/system.yaml``). Two ensem
   unbiased runs started at equilibrium in A; shooting (two-way with fresh velocities, and one-way) on many chains;
 - fixed length (``--steps``, default 200 = 1 ps; equilibrium start in A, unbiased dynamics, end in B): brute force
   runs paths from equilibrium frames in A and keeps those that end in B (exact; ~0.5% reach B at 200 steps);
-  shooting starts from a few of them.
+  shooting starts from a few of them; the learned path sampler (``--sampler-fit``) is fitted to them (control by
+  maximum likelihood, start proposal by classification; optionally refined by ``--sampler`` log-variance
+  rollouts), draws ``--sampler-paths`` paths and reweights them to the ensemble (cost: brute force + fit + sampling).
 
 Printed and written to ``--out``: a table per ensemble (paths, acceptance, decorrelated paths, energy
 evaluations per decorrelated path, transition-path time or the time of first entry into B, mean path position,
@@ -31,6 +33,7 @@ from scipy.spatial.distance import jensenshannon
 
 from molscore.paths import (
     ForceFieldLangevin,
+    NoTransitionError,
     PathBatch,
     ShootingSettings,
     ShootingTPS,
@@ -41,6 +44,7 @@ from molscore.paths import (
 from molscore.paths.controlled_paths import StartPool
 from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
 from molscore.paths.path_controls import LogNormaliser, MLPControl
+from molscore.paths.path_fitting import FitSettings
 from molscore.paths.plots import path_density, plot_path_density, plot_path_lengths
 from molscore.system import load_system
 
@@ -118,31 +122,45 @@ def run_ensemble(label, reference, settings, runs, a, b, chains, moves, burn_in,
 
 
 def learned_sampler_row(term, a, b, starts, args, dt, reference, cv_fn, densities) -> dict:
-    """Train the learned path sampler (control + start log-normaliser, trajectory balance) and reweight its paths."""
+    """Fit the learned path sampler to the brute-force paths (``reference``: PathBatch and its cost; the control by
+    maximum likelihood, the start proposal as a classifier of their starts against equilibrium starts), optionally
+    refine it by the log-variance loss (``--sampler``), and reweight its paths."""
     torch.manual_seed(0)
     speed, offset = math.sqrt(term.kT / float(term.masses[0])), torch.tensor([[-0.5, 0.7]])
-    control = MLPControl(1, 2, force_scale=100.0, speed_scale=speed, offset=offset).double()
+    control = MLPControl(1, 2, hidden=128, n_layers=3, force_scale=100.0, speed_scale=speed, offset=offset).double()
     log_z = LogNormaliser(1, 2, speed_scale=speed, offset=offset).double()
     sampler = LearnedPathSampler(term, control, a, b, args.steps, dt, log_normaliser=log_z)
-    pool = StartPool.draw(term, starts, a, 2048, seed=0)
-    print(f"learned path sampler: {args.sampler} iterations of 512 paths ...", flush=True)
-    settings = TrainingSettings(n_iterations=args.sampler, batch_size=512, train_batch=512, buffer_size=512)
-    log = sampler.train(pool, settings)
-    sample = sampler.sample(pool, args.sampler_paths, batch_size=4000, seed=1)
+    half = len(starts) // 2
+    pool = StartPool.draw(term, starts[:half], a, 4096, seed=0)
+    equilibrium = StartPool.draw(term, starts[half:], a, seed=7)
+    paths, cost = reference
+    print(f"learned path sampler: fit to {paths.n_paths} brute-force paths ({args.sampler_fit} steps) ...", flush=True)
+    log = sampler.fit_to_paths(paths, equilibrium, cost, settings=FitSettings(n_steps=args.sampler_fit, batch_size=64))
+    if args.sampler:
+        print(f"  refined by {args.sampler} log-variance iterations of 512 paths ...", flush=True)
+        sampler.train(pool, TrainingSettings(n_iterations=args.sampler, learning_rate=3e-4, loss="variance"))
+    try:
+        sample = sampler.sample(pool, args.sampler_paths, batch_size=4000, seed=1)
+    except NoTransitionError as error:
+        print(f"  {error}", flush=True)
+        nan = [math.nan] * 4
+        return _row("learned sampler, reweighted", nan, nan, math.nan,
+                    {"paths": error.tried, "acceptance": "THP 0%", "decorrelated": "ESS 0",
+                     "evaluations / decorrelated path": "inf", "seconds": round(log.seconds, 1)})  # fmt: skip
     n = sample.paths.lengths.numel()
     paths = [sample.paths.positions[:, i].numpy() for i in range(n)]
     obs = torch.as_tensor(_observables(paths, dt, b))
     weights = sample.weights.numpy()
     estimates = [sample.estimate(obs[:, k]) for k in range(obs.shape[1])]
+    reference = [reference[0].positions[:, i].numpy() for i in range(reference[0].n_paths)]
     ref_density = path_density(reference, np.ones(len(reference)), cv_fn, BINS, RANGE)[0]
     density = path_density(paths, weights, cv_fn, BINS, RANGE)[0]
     densities["fixed: learned sampler, reweighted"] = (paths, weights)
-    total = log.energy_evaluations + sample.evaluations_per_path * n
     return _row(
         "learned sampler, reweighted", [e[0] for e in estimates], [e[1] for e in estimates],
         float(jensenshannon(density.ravel(), ref_density.ravel()) ** 2),
         {"paths": n, "acceptance": f"THP {sample.thp:.1f}%", "decorrelated": f"ESS {sample.ess:.0f}",
-         "evaluations / decorrelated path": f"{total / max(sample.ess, 1e-9):.3g} (per effective path)",
+         "evaluations / decorrelated path": f"{sample.evaluations_per_effective_path:.3g} (per effective path)",
          "seconds": round(log.seconds, 1)},
     )  # fmt: skip
 
@@ -174,12 +192,13 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-paths", type=int, default=600, help="fixed-length brute-force paths")
     parser.add_argument("--quick", action="store_true", help="small run (under a minute)")
     parser.add_argument(
-        "--sampler",
-        type=int,
-        default=100,
-        metavar="ITERATIONS",
-        help="train the learned path sampler for ITERATIONS rollouts of 512 paths (fixed length; 0: skip)",
-    )
+        "--sampler-fit", type=int, default=1500, metavar="STEPS",
+        help="fit the learned path sampler to the brute-force paths for STEPS minibatches (fixed length; 0: no sampler)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sampler", type=int, default=0, metavar="ITERATIONS",
+        help="then refine it by ITERATIONS log-variance rollouts of 512 paths",
+    )  # fmt: skip
     parser.add_argument("--sampler-paths", type=int, default=16000, help="paths drawn from the trained sampler")
     parser.add_argument(
         "--learned", type=int, default=0, metavar="STEPS",
@@ -190,7 +209,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.chains, args.moves, args.burn_in, args.reference_paths, args.steps = 16, 30, 10, 60, 100
-        args.sampler, args.sampler_paths = min(args.sampler, 5), 2000
+        args.sampler_fit, args.sampler, args.sampler_paths = min(args.sampler_fit, 100), min(args.sampler, 5), 2000
     torch.set_default_dtype(torch.float64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +241,9 @@ def main(argv=None) -> int:
 
     print(f"brute force: fixed-length paths ({args.steps} steps) from equilibrium in A ...", flush=True)
     start, term.evaluations = time.perf_counter(), 0
-    fixed_ref, tried = fixed_length_paths(term, starts, a, b, args.steps, dt, args.reference_paths, batch_size=4096)
+    fixed_ref, tried = fixed_length_paths(
+        term, starts, a, b, args.steps, dt, args.reference_paths, batch_size=4096, max_tries=500 * args.reference_paths
+    )
     fixed = ([fixed_ref.positions[: int(n) + 1, i].numpy() for i, n in enumerate(fixed_ref.lengths)],
              term.evaluations, round(time.perf_counter() - start, 1))  # fmt: skip
     print(f"  {fixed_ref.n_paths} of {tried} paths reached B ({100 * fixed_ref.n_paths / tried:.2f}%)", flush=True)
@@ -231,8 +252,9 @@ def main(argv=None) -> int:
         args.chains, args.moves, args.burn_in, out, cvs, densities,
     )  # fmt: skip
 
-    if args.sampler:
-        rows_fixed.insert(-1, learned_sampler_row(term, a, b, starts, args, dt, fixed[0], cvs, densities))
+    if args.sampler_fit:
+        reference = (fixed_ref, fixed[1])
+        rows_fixed.insert(-1, learned_sampler_row(term, a, b, starts, args, dt, reference, cvs, densities))
 
     def energy(values):  # the CVs are the particle's coordinates
         return system.potential.energy(torch.as_tensor(values)[:, None, :]).detach().numpy()
