@@ -152,8 +152,7 @@ def learned_sampler_row(term, a, b, starts, args, dt, reference, cv_fn, densitie
     obs = torch.as_tensor(_observables(paths, dt, b))
     weights = sample.weights.numpy()
     estimates = [sample.estimate(obs[:, k]) for k in range(obs.shape[1])]
-    reference = [reference[0].positions[:, i].numpy() for i in range(reference[0].n_paths)]
-    ref_density = path_density(reference, np.ones(len(reference)), cv_fn, BINS, RANGE)[0]
+    ref_density = path_density(*densities["fixed: brute force"], cv_fn, BINS, RANGE)[0]  # stored by run_ensemble
     density = path_density(paths, weights, cv_fn, BINS, RANGE)[0]
     densities["fixed: learned sampler, reweighted"] = (paths, weights)
     return _row(

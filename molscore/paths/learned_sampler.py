@@ -129,10 +129,6 @@ class TrainingLog:
     paths: int = 0
     seconds: float = 0.0
 
-    @property
-    def evaluations_per_path(self) -> float:
-        return self.energy_evaluations / max(self.paths, 1)
-
 
 class LearnedPathSampler:
     """Controlled-dynamics path sampler for the fixed-length ensemble A -> B of ``n_steps`` steps.
