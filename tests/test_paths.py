@@ -27,6 +27,7 @@ from molscore.paths import (
 )
 from molscore.paths.collective_variables import kabsch_rmsd
 from molscore.paths.controlled_paths import step_states
+from molscore.paths.ensemble import PathEnsemble
 from molscore.paths.path_fitting import target_rollout
 from molscore.system import load_system
 
@@ -193,6 +194,12 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     assert all(np.array_equal(p, q) for p, q in zip(resumed.paths, full.paths, strict=True))
     assert resumed.evaluations == full.evaluations > 0  # the cost counts the interrupted run's moves too
     assert all(np.array_equal(u, v) for u, v in zip(resumed.start_velocities, full.start_velocities, strict=True))
+    # reading the folder of a run still going ignores the chunks its checkpoint does not count yet (and keeps them)
+    extra = tmp_path / "chunk_99999.npz"
+    extra.write_bytes(b"")
+    read = PathEnsemble.restore(tmp_path, torch.load(tmp_path / "checkpoint.pt", weights_only=True), dt, 1)
+    assert extra.exists() and len(read.paths) == len(full.paths) and read.n_moves == 8
+    extra.unlink()
     # the ensemble as fixed-length paths with their start velocities (to fit a path sampler): the BAOAB draws
     # recovered from positions and v_0 are unit normals (a wrong v_0 would give draws of size ~20)
     batch, weights = full.fixed_length_paths()

@@ -202,21 +202,24 @@ class PathEnsemble:
         }
 
     @classmethod
-    def restore(cls, folder: Path, bookkeeping: dict, dt: float, save_every: int) -> "PathEnsemble":
-        """Rebuild an ensemble from its chunk files and :meth:`bookkeeping`; chunks written after it are removed."""
+    def restore(cls, folder: Path, bookkeeping: dict, dt: float, save_every: int, prune: bool = False) -> "PathEnsemble":
+        """Rebuild an ensemble from its chunk files and :meth:`bookkeeping` (e.g. a shooting checkpoint's); chunks
+        written after it are ignored, or removed with ``prune`` (when resuming the run that writes them; never on the
+        folder of a run still going)."""
         out = cls(len(bookkeeping["decorrelated"]), dt, save_every)
         out._chunks = int(bookkeeping["chunks"])
-        for path in sorted(Path(folder).glob("chunk_*.npz"))[out._chunks :]:
-            path.unlink()
-        for path in sorted(Path(folder).glob("chunk_*.npz")):
+        chunks = sorted(Path(folder).glob("chunk_*.npz"))
+        if prune:
+            for path in chunks[out._chunks :]:
+                path.unlink()
+        for path in chunks[: out._chunks]:
             with np.load(path) as data:
-                offsets = data["offsets"]
-                for i in range(len(offsets) - 1):
-                    out.paths.append(data["frames"][offsets[i] : offsets[i + 1]])
+                offsets, frames = data["offsets"], data["frames"]  # each data[...] reads the file again: once
+                out.paths += np.split(frames, offsets[1:-1])
                 if "start_velocities" in data:
                     out.start_velocities += list(data["start_velocities"])
                 else:  # chunks written before start velocities were kept
-                    out.start_velocities += [np.full(data["frames"].shape[1:], np.nan)] * (len(offsets) - 1)
+                    out.start_velocities += [np.full(frames.shape[1:], np.nan)] * (len(offsets) - 1)
                 out.steps += data["steps"].tolist()
                 out.max_energy += data["max_energy"].tolist()
                 out.chain += data["chain"].tolist()

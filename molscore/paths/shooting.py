@@ -237,5 +237,5 @@ class ShootingTPS:
                 "use another output folder or the same settings"
             )
         paths = PathBatch(state["positions"], state["velocities"], state["energies"], state["lengths"], state["ids"])
-        ensemble = PathEnsemble.restore(path.parent, state, self.settings.dt, self.settings.save_every)
+        ensemble = PathEnsemble.restore(path.parent, state, self.settings.dt, self.settings.save_every, prune=True)
         return paths, ensemble, state["current"].numpy().copy(), int(state["moves"]), int(state["next_id"])
