@@ -1,4 +1,5 @@
-"""CVControl: a control force -grad_x U_theta(CVs, dCVs/dt, t/T) on alanine dipeptide's phi/psi."""
+"""CV controls on alanine dipeptide's phi/psi: CVControl, a force -grad_x U_theta(CVs, dCVs/dt, t/T), and
+CVForceControl, a force sum_k g_k(CVs, dCVs/dt, t/T) grad_x cv_k (the form of the Doob drift)."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from molscore.paths import load_states
-from molscore.paths.path_controls import CVControl, CVLogNormaliser, checked_control
+from molscore.paths.path_controls import CVControl, CVForceControl, CVLogNormaliser, checked_control
 from molscore.system import load_system
 
 
@@ -23,9 +24,9 @@ def alanine():
     return cvs, pos, vel, t
 
 
-def _trained(cvs, seed=1, **kwargs) -> CVControl:
+def _trained(cvs, seed=1, kind=CVControl, **kwargs):
     torch.manual_seed(seed)
-    control = CVControl(cvs, hidden=16, force_scale=5.0, velocity_scale=2.0, **kwargs).double()
+    control = kind(cvs, hidden=16, force_scale=5.0, velocity_scale=2.0, **kwargs).double()
     with torch.no_grad():
         for p in control.parameters():
             p.copy_(0.5 * torch.randn_like(p))
@@ -37,9 +38,10 @@ def _rotation(seed=2) -> torch.Tensor:
     return q * torch.sign(torch.linalg.det(q))  # proper rotation
 
 
-def test_zero_force_at_initialisation(alanine):
+@pytest.mark.parametrize("kind", [CVControl, CVForceControl])
+def test_zero_force_at_initialisation(alanine, kind):
     cvs, pos, vel, t = alanine
-    control = CVControl(cvs).double()
+    control = kind(cvs).double()
     force = checked_control(control, pos, vel, t)
     assert force.shape == pos.shape
     assert torch.all(force == 0)
@@ -82,9 +84,10 @@ def test_velocity_features_are_exact_time_derivatives(alanine):
     torch.testing.assert_close(rates.detach(), diff / (2 * eps), rtol=1e-6, atol=1e-6)
 
 
-def test_force_rotates_with_the_molecule_and_ignores_translations(alanine):
+@pytest.mark.parametrize("kind", [CVControl, CVForceControl])
+def test_force_rotates_with_the_molecule_and_ignores_translations(alanine, kind):
     cvs, pos, vel, t = alanine
-    control = _trained(cvs)
+    control = _trained(cvs, kind=kind)
     rot, shift = _rotation(), torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
     with torch.no_grad():
         force = control(pos, vel, t)
@@ -108,6 +111,32 @@ def test_gradients_reach_the_network_through_the_force(alanine):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)  # U's offset exerts no force
     with torch.no_grad():  # no graph in a rollout
         assert not trained(pos, vel, t).requires_grad
+
+
+def test_cv_force_control_is_a_combination_of_the_cv_gradients(alanine):
+    """CVForceControl's force is sum_k g_k grad_x cv_k with g = force_scale * MLP(features): solving for g by least
+    squares on the gradients (finite differences of the CVs) gives back the network's output; gradients reach every
+    weight through the force; no graph under no_grad (rollouts)."""
+    cvs, pos, vel, t = alanine
+    control = _trained(cvs, kind=CVForceControl)
+    with torch.no_grad():
+        force = control(pos, vel, t)
+    eps = 1e-6
+    grads = torch.zeros(3, 2, *pos.shape[1:], dtype=torch.float64)
+    for atom in range(pos.shape[1]):
+        for axis in range(3):
+            step = torch.zeros_like(pos)
+            step[:, atom, axis] = eps
+            grads[:, :, atom, axis] = (cvs(pos + step) - cvs(pos - step)) / (2 * eps)
+    g = torch.linalg.lstsq(grads.flatten(2).transpose(1, 2), force.flatten(1)[..., None]).solution[..., 0]  # (3, 2)
+    x = pos.clone().requires_grad_(True)
+    expected = control.force_scale * control.net(control.features(x, vel, t)).detach()
+    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.einsum("bk,bkni->bni", g, grads), force, rtol=1e-5, atol=1e-6)
+    (control(pos, vel, t) ** 2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in control.parameters())
+    with torch.no_grad():
+        assert not control(pos, vel, t).requires_grad
 
 
 def test_cv_log_normaliser_is_invariant_trainable_and_works_without_grad(alanine):

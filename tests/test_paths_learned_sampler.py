@@ -271,7 +271,7 @@ def test_fit_control_recovers_a_known_drift_and_follows_the_weights(mb):
     settings = FitSettings(n_steps=300, batch_size=256, learning_rate=1.0)
     se = 0.5 * math.sqrt(-math.expm1(-2 * FRICTION * DT)) * math.sqrt(term.kT / 0.5) / DT / math.sqrt(256 * 50)
     fitted = ConstantBias([0.0, 0.0])
-    losses = fit_control(fitted, first, term, DT, settings=settings, progress=False)
+    losses = fit_control(fitted, first, term, DT, settings=settings, progress=False).loss
     assert len(losses) == 300 and losses[-1] < losses[0]
     truth = torch.tensor([30.0, -20.0], dtype=torch.float64)
     assert torch.allclose(fitted.force.detach(), truth, atol=5 * se), (fitted.force, se)
@@ -284,6 +284,26 @@ def test_fit_control_recovers_a_known_drift_and_follows_the_weights(mb):
     assert torch.allclose(fitted.force.detach(), truth, atol=5 * se), (fitted.force, se)
     with pytest.raises(ValueError, match="weights"):
         fit_control(fitted, first, term, DT, weights=torch.zeros(256), progress=False)
+
+
+def test_fit_control_stops_early_on_held_out_paths(mb):
+    """The held-out log-likelihood decides which state the control keeps: held-out paths of the same drift keep the
+    fitted force (within 5 SE), unbiased held-out paths (for which any control lowers the likelihood, by ~5 nats per
+    path here) keep the initial zero force."""
+    term = mb[3]
+    train, same = _constant_drift_paths(mb, [30.0, -20.0]), _constant_drift_paths(mb, [30.0, -20.0], seed=5)
+    unbiased = _constant_drift_paths(mb, [0.0, 0.0], seed=6)
+    settings = FitSettings(n_steps=300, batch_size=256, learning_rate=1.0, validate_every=50)
+    se = 0.5 * math.sqrt(-math.expm1(-2 * FRICTION * DT)) * math.sqrt(term.kT / 0.5) / DT / math.sqrt(256 * 50)
+    fitted = ConstantBias([0.0, 0.0])
+    history = fit_control(fitted, train, term, DT, settings=settings, progress=False, held_out=same)
+    assert [step for step, _ in history.held_out] == [0, 50, 100, 150, 200, 250, 300] and history.best_step >= 100
+    assert history.held_out[0][1] == 0.0 and max(v for _, v in history.held_out) > 1.0, history.held_out
+    truth = torch.tensor([30.0, -20.0], dtype=torch.float64)
+    assert torch.allclose(fitted.force.detach(), truth, atol=5 * se), (fitted.force, se)
+    fitted = ConstantBias([0.0, 0.0])
+    history = fit_control(fitted, train, term, DT, settings=settings, progress=False, held_out=unbiased)
+    assert history.best_step == 0 and history.held_out[-1][1] < -1.0 and not fitted.force.detach().any()
 
 
 def test_start_classifier_recovers_a_known_log_ratio(mb):

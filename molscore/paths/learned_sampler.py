@@ -119,10 +119,12 @@ class TrainingSettings:
 @dataclass
 class TrainingLog:
     """Per rollout: loss, fraction of rollout paths ending in B, rollout kT (kJ/mol); per step of fits to target paths:
-    fit_loss; totals (energy evaluations include the target paths' cost) and wall time (s)."""
+    fit_loss, and (step, mean log p_theta / p_0 of held-out target paths) per check: fit_held_out; totals (energy
+    evaluations include the target paths' cost) and wall time (s)."""
 
     loss: list[float] = field(default_factory=list)
     fit_loss: list[float] = field(default_factory=list)
+    fit_held_out: list[tuple[int, float]] = field(default_factory=list)
     fraction_in_b: list[float] = field(default_factory=list)
     kT: list[float] = field(default_factory=list)
     energy_evaluations: int = 0
@@ -260,6 +262,18 @@ class LearnedPathSampler:
         log.seconds += time.perf_counter() - clock
         return log
 
+    def _check_target_paths(self, paths: PathBatch, what: str) -> None:
+        if not bool((paths.lengths == self.n_steps).all()):
+            lengths = paths.lengths.unique().tolist()
+            raise ValueError(f"fit {what} of exactly n_steps={self.n_steps} steps (got lengths {lengths})")
+        ends_in_b = self.in_b(paths.last())
+        starts_in_a = self.state_a.contains(self.state_a.cvs(paths.first()))
+        if not (ends_in_b.all() and starts_in_a.all()):
+            raise ValueError(
+                f"{int((~starts_in_a).sum())} {what} do not start in {self.state_a.name!r} and {int((~ends_in_b).sum())} "
+                f"do not end in {self.state_b.name!r}: fit samples of the target ensemble only"
+            )
+
     def fit_to_paths(
         self,
         paths: PathBatch,
@@ -268,27 +282,28 @@ class LearnedPathSampler:
         weights: Tensor | None = None,
         settings: FitSettings | None = None,
         progress: bool = True,
+        held_out: PathBatch | None = None,
+        held_out_weights: Tensor | None = None,
     ) -> TrainingLog:
         """Fit the control to samples of the target ensemble, ``paths``: C paths of ``n_steps`` steps from A ending in
         B (brute force or shooting, ``weights (C,)`` their Monte Carlo or importance weights, None: equal), by maximum
-        likelihood (forward KL, :mod:`molscore.paths.path_fitting`); with ``equilibrium`` starts and a log-normaliser,
-        fit it too, as the classifier of the paths' starts against them, so that :meth:`sample` draws starts from the
-        target's start marginal. ``cost``: energy evaluations spent on the paths, added to the training cost with the
-        fit's own. Appends to and returns :attr:`training_log`."""
-        if not bool((paths.lengths == self.n_steps).all()):
-            lengths = paths.lengths.unique().tolist()
-            raise ValueError(f"fit paths of exactly n_steps={self.n_steps} steps (got lengths {lengths})")
-        ends_in_b = self.in_b(paths.last())
-        starts_in_a = self.state_a.contains(self.state_a.cvs(paths.first()))
-        if not (ends_in_b.all() and starts_in_a.all()):
-            raise ValueError(
-                f"{int((~starts_in_a).sum())} paths do not start in {self.state_a.name!r} and {int((~ends_in_b).sum())} "
-                f"do not end in {self.state_b.name!r}: fit samples of the target ensemble only"
-            )
+        likelihood (forward KL, :mod:`molscore.paths.path_fitting`), stopping early on the log-likelihood of the
+        ``held_out`` target paths if given (e.g. those of other shooting chains); with ``equilibrium`` starts and a
+        log-normaliser, fit it too, as the classifier of the paths' starts against them, so that :meth:`sample` draws
+        starts from the target's start marginal. ``cost``: energy evaluations spent on all these paths, added to the
+        training cost with the fit's own. Appends to and returns :attr:`training_log`."""
+        self._check_target_paths(paths, "paths")
+        if held_out is not None:
+            self._check_target_paths(held_out, "held-out paths")
         log = self.training_log = self.training_log or TrainingLog()
         clock, evaluations = time.perf_counter(), self.term.evaluations
         data = target_rollout(paths, self.term)
-        log.fit_loss += fit_control(self.control, data, self.term, self.dt, weights, settings, progress)
+        check = None if held_out is None else target_rollout(held_out, self.term)
+        history = fit_control(
+            self.control, data, self.term, self.dt, weights, settings, progress, check, held_out_weights
+        )  # fmt: skip
+        log.fit_loss += history.loss
+        log.fit_held_out += history.held_out
         if equilibrium is not None and self.log_normaliser is not None:
             x0, v0 = data.positions[0], data.v0
             fit_start_classifier(self.log_normaliser, x0, v0, equilibrium, settings, progress, weights)

@@ -128,15 +128,65 @@ class EquivariantBias(nn.Module):
         return (self.force_scale * self.gain * out).to(pos)
 
 
+class CVFeatures(nn.Module):
+    """Network inputs of collective variables: the CVs (periodic ones as cos, sin; the others divided by
+    ``cv_scale``), optionally their time derivatives ``dcv/dt = (grad_x cv) . v`` divided by ``velocity_scale``
+    (exact, by autograd: one backward pass per CV) and the time t/T. Invariant under rotations and translations when
+    the CVs are (dihedrals, distances, RMSD) and the velocities rotate with the positions.
+
+    Parameters
+    ----------
+    cvs : callable ``pos (B, N, 3) -> (B, K)`` in torch, differentiable, e.g.
+        :class:`~molscore.paths.collective_variables.CollectiveVariables`
+    periodic : (K,) bools (default: ``cvs.periodic`` if it has it, else an error)
+    cv_scale : units of the non-periodic CVs per network unit
+    velocity_scale : CV units/ps per network unit of dcv/dt (e.g. its equilibrium standard deviation), float or (K,)
+    velocity, time : whether the features include dcv/dt and t/T
+    """
+
+    def __init__(self, cvs, periodic=None, cv_scale: float = 1.0, velocity_scale=1.0, velocity=True, time=True):
+        super().__init__()
+        self.cvs = cvs
+        if periodic is None:
+            periodic = getattr(cvs, "periodic", None)
+        if periodic is None:
+            raise ValueError("give the periodic flags of the CVs (periodic=...), the CV function has none")
+        self.register_buffer("periodic", torch.as_tensor(periodic, dtype=torch.bool).flatten())
+        k = self.n_cvs = len(self.periodic)
+        self.register_buffer("velocity_scale", torch.as_tensor(velocity_scale, dtype=torch.float64).expand(k).clone())
+        self.cv_scale, self.velocity, self.time = float(cv_scale), velocity, time
+        self.size = k + int(self.periodic.sum()) + (k if velocity else 0) + (1 if time else 0)
+
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None, gradients: bool = False):
+        """Features (B, F) of ``pos`` (B, N, 3) (which must require grad for the rates or the gradients); with
+        ``gradients``, also grad_x cv_k (B, K, N, 3), detached."""
+        values = self.cvs(pos)
+        if values.ndim != 2 or values.shape[1] != self.n_cvs:
+            raise ValueError(f"the CVs have shape {tuple(values.shape)}; expected (B, {self.n_cvs})")
+        periodic = self.periodic.to(values.device)
+        features = [torch.cos(values[:, periodic]), torch.sin(values[:, periodic]), values[:, ~periodic] / self.cv_scale]
+        if self.velocity:
+            if vel is None:
+                raise ValueError("these CV features use dcv/dt: give the velocities")
+            features.append(cv_rates(values, pos, vel, create_graph=True) / self.velocity_scale.to(values))
+        if self.time:
+            if t is None:
+                raise ValueError("these CV features use the time t/T: give it")
+            features.append(torch.as_tensor(t).to(values).reshape(-1, 1).expand(len(values), 1))
+        features = torch.cat(features, 1)
+        if not gradients:
+            return features
+        grads = [torch.autograd.grad(values[:, k].sum(), pos, retain_graph=True)[0] for k in range(self.n_cvs)]
+        return features.detach(), torch.stack(grads, 1).detach()
+
+
 class CVControl(nn.Module):
     """Control force from a learned potential of collective variables: ``u(x, v, t) = -grad_x U_theta(features)``.
 
-    ``U_theta = force_scale * MLP(features)`` (kJ/mol), features = the CVs (periodic ones as cos, sin; the others
-    divided by ``cv_scale``), optionally their time derivatives ``dcv/dt = (grad_x cv) . v`` divided by
-    ``velocity_scale`` (exact, by autograd: one extra backward pass per CV) and the time t/T. CVs invariant under
-    rotations and translations (dihedrals, distances, RMSD) make the force E(3)-equivariant by construction (with
-    dcv/dt: when the velocities rotate with the positions); it costs a few autograd passes per step. The last layer
-    starts at zero (U constant, no force), so training starts from the unbiased dynamics.
+    ``U_theta = force_scale * MLP(features)`` (kJ/mol), features of :class:`CVFeatures` (the CVs, optionally their
+    rates and t/T). E(3)-equivariant when the CVs are invariant; it costs a few autograd passes per step. The last layer
+    starts at zero (U constant, no force), so training starts from the unbiased dynamics. With rate features the force
+    also has terms (d U / d rate) (Hessian of the CV) v; :class:`CVForceControl` has the form of the Doob drift instead.
 
     The force keeps the graph to the MLP parameters when gradients are enabled (``create_graph``), so a loss of the
     force trains them; it works under ``torch.no_grad()`` too (rollouts), without that graph. Gradients do not flow
@@ -144,14 +194,9 @@ class CVControl(nn.Module):
 
     Parameters
     ----------
-    cvs : callable ``pos (B, N, 3) -> (B, K)`` in torch, differentiable, e.g.
-        :class:`~molscore.paths.collective_variables.CollectiveVariables`
-    periodic : (K,) bools (default: ``cvs.periodic`` if it has it, else none periodic)
+    cvs, periodic, cv_scale, velocity_scale, velocity, time : of :class:`CVFeatures`
     hidden : width of the hidden layers;  n_layers : number of hidden layers
     force_scale : kJ/mol per unit network output
-    cv_scale : units of the non-periodic CVs per network unit
-    velocity_scale : CV units/ps per network unit of dcv/dt (e.g. its equilibrium standard deviation), float or (K,)
-    velocity, time : whether U sees dcv/dt and t/T
     """
 
     def __init__(
@@ -167,35 +212,9 @@ class CVControl(nn.Module):
         time: bool = True,
     ):
         super().__init__()
-        self.cvs = cvs
-        if periodic is None:
-            periodic = getattr(cvs, "periodic", None)
-        if periodic is None:
-            raise ValueError("give the periodic flags of the CVs (periodic=...), the CV function has none")
-        self.register_buffer("periodic", torch.as_tensor(periodic, dtype=torch.bool).flatten())
-        k = len(self.periodic)
-        self.register_buffer("velocity_scale", torch.as_tensor(velocity_scale, dtype=torch.float64).expand(k).clone())
-        self.force_scale, self.cv_scale = float(force_scale), float(cv_scale)
-        self.velocity, self.time = velocity, time
-        n_periodic = int(self.periodic.sum())
-        self.net = zero_output_mlp(k + n_periodic + (k if velocity else 0) + (1 if time else 0), hidden, n_layers, 1)
-
-    def features(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None, create_graph: bool = False):
-        """Network inputs (B, F) of ``pos`` (which must require grad for the velocity features)."""
-        values = self.cvs(pos)
-        if values.ndim != 2 or values.shape[1] != len(self.periodic):
-            raise ValueError(f"the CVs have shape {tuple(values.shape)}; expected (B, {len(self.periodic)})")
-        periodic = self.periodic.to(values.device)
-        features = [torch.cos(values[:, periodic]), torch.sin(values[:, periodic]), values[:, ~periodic] / self.cv_scale]
-        if self.velocity:
-            if vel is None:
-                raise ValueError("this CVControl uses dcv/dt: give the velocities")
-            features.append(cv_rates(values, pos, vel, create_graph=True) / self.velocity_scale.to(values))
-        if self.time:
-            if t is None:
-                raise ValueError("this CVControl uses the time t/T: give it")
-            features.append(torch.as_tensor(t).to(values).reshape(-1, 1).expand(len(values), 1))
-        return torch.cat(features, 1)
+        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, velocity, time)
+        self.force_scale = float(force_scale)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, 1)
 
     def potential(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """U_theta (B,), kJ/mol (differentiable in ``pos`` if it requires grad)."""
@@ -213,6 +232,50 @@ class CVControl(nn.Module):
             energy = self.potential(x, v, t)
             (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
         return -grad if create_graph else -grad.detach()
+
+
+class CVForceControl(nn.Module):
+    """Control force along the CV gradients: ``u(x, v, t) = force_scale * sum_k g_k(features) grad_x cv_k``.
+
+    The form of the Doob h-transform drift when P(B | x, v, t) depends on the state through the CVs and their rates
+    r_k = grad_x cv_k . v: then grad_v log P = sum_k (d log P / d r_k) grad_x cv_k, and the optimal O-step drift is
+    proportional to it. The network ``g (B, K)`` sees the :class:`CVFeatures` (CVs, rates, t/T); the force is
+    E(3)-equivariant when the CVs are invariant, and costs K backward passes of the CVs per step (no second-order
+    graph: the parameters enter only through g). The last layer starts at zero (no force).
+
+    Parameters
+    ----------
+    cvs, periodic, cv_scale, velocity_scale, velocity, time : of :class:`CVFeatures`
+    hidden : width of the hidden layers;  n_layers : number of hidden layers
+    force_scale : kJ/mol per CV unit per unit network output (kJ/(mol rad) for dihedrals)
+    """
+
+    def __init__(
+        self,
+        cvs,
+        periodic=None,
+        hidden: int = 64,
+        n_layers: int = 2,
+        force_scale: float = 10.0,
+        cv_scale: float = 1.0,
+        velocity_scale=1.0,
+        velocity: bool = True,
+        time: bool = True,
+    ):
+        super().__init__()
+        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, velocity, time)
+        self.force_scale = float(force_scale)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, self.features.n_cvs)
+
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """pos, vel (B, N, 3) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, 3) kJ/(mol nm)."""
+        if pos.ndim != 3:
+            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, N, d)")
+        with torch.enable_grad():
+            x = pos.detach().requires_grad_(True)
+            h, grads = self.features(x, None if vel is None else vel.detach(), t, gradients=True)
+        g = self.force_scale * self.net(h.to(self.net[-1].weight.dtype)).to(pos)  # (B, K)
+        return torch.einsum("bk,bkni->bni", g, grads.to(pos))
 
 
 def checked_control(control, pos: Tensor, vel: Tensor, t: Tensor) -> Tensor:
@@ -260,21 +323,19 @@ class LogNormaliser(nn.Module):
 
 
 class CVLogNormaliser(nn.Module):
-    """Learned log Z_phi(x_0, v_0) of the CVs and their rates dcv/dt (molecules: invariant under rotations and
-    translations when the CVs are): the learned function of a :class:`CVControl` (cos/sin of periodic CVs, scaled
-    others and rates, no time; see its parameters) plus a scalar offset; it starts constant."""
+    """Learned log Z_phi(x_0, v_0) = offset + MLP(features) of the :class:`CVFeatures` without time (the CVs and
+    their rates dcv/dt; molecules: invariant under rotations and translations when the CVs are); it starts constant."""
 
     def __init__(self, cvs, periodic=None, hidden: int = 64, n_layers: int = 2, cv_scale: float = 1.0, velocity_scale=1.0):
         super().__init__()
-        self.function = CVControl(
-            cvs, periodic, hidden, n_layers, force_scale=1.0, cv_scale=cv_scale, velocity_scale=velocity_scale, time=False
-        )
+        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, time=False)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, 1)
         self.log_offset = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
         """pos, vel (B, N, 3) nm, nm/ps -> log Z (B,)."""
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():  # the rates dcv/dt need grad_x cv
-            out = self.function.potential(pos.detach().requires_grad_(True), vel.detach())
-        out = out + self.log_offset.to(out)
+            h = self.features(pos.detach().requires_grad_(True), vel.detach())
+        out = self.net(h.to(self.net[-1].weight.dtype))[:, 0].to(pos) + self.log_offset.to(pos)
         return out if keep_graph else out.detach()

@@ -15,7 +15,8 @@ to them minimises KL(target || sampler), which covers the target's mass, as impo
   target's start marginal.
 """
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -30,17 +31,33 @@ from molscore.paths.path_dynamics import ForceFieldLangevin
 @dataclass
 class FitSettings:
     """Adam with a one-cycle learning-rate schedule over ``n_steps`` minibatches of ``batch_size`` paths (control)
-    or starts of each class (start classifier); ``learning_rate`` is the peak; ``seed`` of the minibatches."""
+    or starts of each class (start classifier); ``learning_rate`` is the peak; ``weight_decay`` of AdamW (0: Adam);
+    with held-out paths, the control is scored on them every ``validate_every`` steps and the best state is kept
+    (early stopping); ``seed`` of the minibatches."""
 
     n_steps: int = 2000
     batch_size: int = 256
     learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    validate_every: int = 50
     seed: int = 0
 
 
-def target_rollout(paths: PathBatch, term: ForceFieldLangevin) -> Rollout:
+@dataclass
+class FitHistory:
+    """Of a control fit: ``loss`` per step (-mean log p_theta / p_0 of the minibatch, nats per path); with held-out
+    paths, ``held_out`` (step, their weighted mean log p_theta / p_0) per check and ``best_step``, the step whose
+    state the control keeps (0: the initial one)."""
+
+    loss: list[float] = field(default_factory=list)
+    held_out: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+
+
+def target_rollout(paths: PathBatch, term: ForceFieldLangevin, chunk_size: int = 4096) -> Rollout:
     """Fixed-length paths (all of one length, finite) as a :class:`Rollout`: positions, v_0 and the unbiased forces
-    at every frame (computed here: (T + 1) C energy evaluations, added to ``term.evaluations``)."""
+    at every frame (computed here, ``chunk_size`` frames at a time: (T + 1) C energy evaluations, added to
+    ``term.evaluations``)."""
     if paths.n_paths == 0:
         raise ValueError("no paths to fit")
     if not bool((paths.lengths == paths.lengths[0]).all()):
@@ -49,13 +66,14 @@ def target_rollout(paths: PathBatch, term: ForceFieldLangevin) -> Rollout:
     v0 = paths.velocities[0]
     if not (torch.isfinite(pos).all() and torch.isfinite(v0).all()):
         raise ValueError("the paths have non-finite positions or start velocities; fit finite paths only")
-    _, forces = term.force_field(pos.reshape(-1, *pos.shape[2:]))
+    frames = pos.reshape(-1, *pos.shape[2:])
+    forces = torch.cat([term.force_field(chunk)[1].detach() for chunk in frames.split(chunk_size)])
     term.evaluations += pos.shape[0] * pos.shape[1]
-    return Rollout(pos, v0, forces.detach().reshape(pos.shape))
+    return Rollout(pos, v0, forces.reshape(pos.shape))
 
 
 def _steps(settings: FitSettings, params, desc: str, progress: bool):
-    optimiser = torch.optim.Adam(params, lr=settings.learning_rate)
+    optimiser = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate, total_steps=settings.n_steps)
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in tqdm(range(settings.n_steps), desc=desc, disable=not progress, leave=False):
@@ -70,6 +88,20 @@ def _probabilities(weights, n: int) -> Tensor:
     return p
 
 
+def mean_log_likelihood_ratio(
+    control: nn.Module, paths: Rollout, term: ForceFieldLangevin, dt: float, weights=None, batch_size: int = 256
+) -> float:
+    """Weighted mean log p_theta / p_0 (nats per path) of ``paths`` under ``control`` (no gradients), in batches; the
+    held-out score of a fit (higher is better; 0 for no control)."""
+    p = _probabilities(weights, len(paths)).to(paths.v0)
+    with torch.no_grad():
+        ratios = [
+            log_likelihood_ratio(paths.select(torch.arange(i, min(i + batch_size, len(paths)))), control, term, dt)
+            for i in range(0, len(paths), batch_size)
+        ]
+    return float((torch.cat(ratios) * p).sum() / p.sum())
+
+
 def fit_control(
     control: nn.Module,
     paths: Rollout,
@@ -78,24 +110,44 @@ def fit_control(
     weights: Tensor | None = None,
     settings: FitSettings | None = None,
     progress: bool = True,
-) -> list[float]:
+    held_out: Rollout | None = None,
+    held_out_weights: Tensor | None = None,
+) -> FitHistory:
     """Fit ``control`` to the target paths ``paths`` by maximum likelihood (see the module docstring).
 
     ``weights (C,)``: importance weights of the paths (None: equal, exact samples); minibatches are drawn in proportion
-    to them. Returns the loss per step, -mean log p_theta / p_0 (nats per path).
+    to them. ``held_out``: other target paths (e.g. of other shooting chains; ``held_out_weights`` theirs) to stop
+    early on: the control ends in the state of the best held-out log-likelihood (few paths of a molecule are
+    overfitted within a few hundred steps). Returns the :class:`FitHistory`.
     """
     s = settings or FitSettings()
     probabilities = _probabilities(weights, len(paths))
     params = [p for p in control.parameters() if p.requires_grad]
-    losses = []
-    for optimiser, gen in _steps(s, params, "fitting path control", progress):
+    history = FitHistory()
+    best = None
+
+    def check(step: int) -> None:
+        nonlocal best
+        score = mean_log_likelihood_ratio(control, held_out, term, dt, held_out_weights, s.batch_size)
+        history.held_out.append((step, score))
+        if best is None or score > best[0]:
+            best = (score, copy.deepcopy(control.state_dict()))
+            history.best_step = step
+
+    if held_out is not None:
+        check(0)
+    for step, (optimiser, gen) in enumerate(_steps(s, params, "fitting path control", progress), 1):
         pick = torch.multinomial(probabilities, s.batch_size, replacement=True, generator=gen)
         loss = -log_likelihood_ratio(paths.select(pick.to(paths.v0.device)), control, term, dt).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss.detach()))
-    return losses
+        history.loss.append(float(loss.detach()))
+        if held_out is not None and (step % s.validate_every == 0 or step == s.n_steps):
+            check(step)
+    if best is not None:
+        control.load_state_dict(best[1])
+    return history
 
 
 def fit_start_classifier(
