@@ -31,6 +31,20 @@ def test_alanine_workflow_quick(workflow_script, tmp_path):
     assert all(row["THP %"] == "100" for row in result["rows"])
 
 
+@pytest.mark.filterwarnings("ignore:no trial path:UserWarning")
+def test_alanine_workflow_learned_sampler_row(workflow_script, tmp_path):
+    """--sampler-fit on tiny settings: the sampler is fitted to the one-way paths kept at full resolution and its row
+    (THP, ESS) is in the table, whether or not its paths reach C7ax."""
+    module = workflow_script("transition_paths_alanine.py")
+    argv = ["--md-ps", "5", "--scan-grid", "6", "--chains", "2", "--moves", "3", "--burn-in", "1"]
+    argv += ["--sampler-fit", "4", "--sampler-paths", "8", "--sampler-batch", "8", "--out", str(tmp_path)]
+    assert module.main(argv) == 0
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["two-way shooting (reference FF)", "one-way shooting (reference FF)",
+                                              "learned sampler (CV control)"]  # fmt: skip
+    assert 0 <= float(rows[-1]["THP %"]) <= 100 and rows[-1]["decorrelated paths"].startswith("ESS ")
+
+
 @pytest.mark.filterwarnings("ignore:no trial path:UserWarning")  # a 3-step model: shooting may accept nothing
 def test_alanine_workflow_learned_force_field_row(workflow_script, tmp_path, capsys):
     """--learned on tiny settings (a small MLP in place of the GNN, for speed): the learned row is in the table with

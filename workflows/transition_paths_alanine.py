@@ -17,15 +17,16 @@ transition time (last frame in C7eq to first frame in C7ax), acceptance, decorre
 path and per decorrelated path, and wall time. Figures: path density on (phi, psi), transition-time histogram.
 
 With ``--sampler ITERATIONS`` also (6) the learned path sampler (:mod:`molscore.paths.learned_sampler`) with a
-:class:`~molscore.paths.path_controls.CVControl` on (phi, psi), their velocities and t/T, trained on a
+:class:`~molscore.paths.path_controls.CVForceControl` on (phi, psi), their velocities and t/T, trained on a
 :class:`~molscore.paths.controlled_paths.StartPool` of the C7eq equilibrium frames (group log-variance loss,
 ``--sampler-batch`` paths per rollout, optionally the first at a raised temperature, ``--sampler-anneal``) and sampled
 (``--sampler-paths``); its row gives importance-weighted values with the raw (unweighted, all sampled paths; transition
 time: those ending in C7ax) ones in brackets, THP = % of sampled paths ending in C7ax, the effective sample size in
 place of decorrelated paths and energy evaluations per effective path, training included.
-With ``--sampler-fit STEPS`` the sampler is first fitted to the two-way shooting paths (every frame kept; the control
-by maximum likelihood, a start proposal on (phi, psi, their rates) by classification against equilibrium starts; the
-shooting cost counts as training cost), then trained by ``--sampler`` rollouts if given.
+With ``--sampler-fit STEPS`` the sampler is first fitted to the one-way shooting paths (every frame kept; the control
+by maximum likelihood, stopped early on the paths of every fifth chain, held out; a start proposal on (phi, psi, their
+rates) by classification against equilibrium starts; the shooting cost counts as training cost), then trained by
+``--sampler`` rollouts if given.
 With ``--learned STEPS`` also (7) two-way shooting with a learned force field: an all-atom energy model with
 Fokker-Planck regularisation (small equivariant GNN, ``LEARNED``) trained by the package's pipeline for STEPS steps on
 the vacuum MD of step (1) (or loaded from ``--out/learned_model``), starting paths pulled towards C7ax in the learned
@@ -61,7 +62,7 @@ from molscore.paths.collective_variables import kabsch_rmsd
 from molscore.paths.controlled_paths import StartPool
 from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
 from molscore.paths.mountain_pass import mountain_pass
-from molscore.paths.path_controls import CVControl, CVLogNormaliser, cv_rates
+from molscore.paths.path_controls import CVForceControl, CVLogNormaliser, cv_rates
 from molscore.paths.path_fitting import FitSettings
 from molscore.paths.plots import plot_path_density, plot_path_lengths
 from molscore.pipeline import load_run_config, stages
@@ -124,24 +125,38 @@ def _closest_atoms(pos) -> float:
 def learned_sampler_row(
     term, cvs, a, b, starts, args, dt, n_steps, save_every, heavy, target_t, e_min, shooting=None
 ) -> tuple[dict, tuple | None]:
-    """Fit (to the two-way ``shooting`` ensemble, if given: control by maximum likelihood, start proposal by
-    classification) and/or train (``--sampler`` rollouts) the learned path sampler with a CV control on (phi, psi),
-    and reweight its paths to the fixed-length ensemble; returns the table row (columns of the shooting rows) and the
-    paths with their weights (None if none ended in C7ax)."""
+    """Fit (to the one-way ``shooting`` ensemble, if given: control by maximum likelihood with every fifth chain held
+    out for early stopping, start proposal by classification) and/or train (``--sampler`` rollouts) the learned path
+    sampler with a CV force control on (phi, psi), and reweight its paths to the fixed-length ensemble; returns the
+    table row (columns of the shooting rows) and the paths with their weights (None if none ended in C7ax)."""
     torch.manual_seed(0)
     half = len(starts) // 2
     pool = StartPool.draw(term, starts[:half] if shooting else starts, a, seed=0)
     x = pool.positions.detach().requires_grad_(True)
     rate_scale = cv_rates(cvs(x), x, pool.velocities).detach().std(0)  # equilibrium spread of dphi/dt, dpsi/dt
-    control = CVControl(cvs, hidden=64, force_scale=args.sampler_force, velocity_scale=rate_scale).double()
+    control = CVForceControl(
+        cvs, hidden=32, force_scale=args.sampler_force, velocity_scale=rate_scale, time=not args.sampler_static
+    ).double()  # fmt: skip
     log_z = CVLogNormaliser(cvs, hidden=32, velocity_scale=rate_scale).double() if shooting else None
     sampler = LearnedPathSampler(term, control, a, b, n_steps, dt, log_normaliser=log_z)
     if shooting:
         paths, weights = shooting.fixed_length_paths(args.burn_in)
-        print(f"6. learned path sampler: fit to {paths.n_paths} two-way shooting paths ({args.sampler_fit} steps) ...")
+        chains = np.asarray(shooting.chain)[shooting.weights(args.burn_in, initial=False) > 0]
+        held = torch.as_tensor(chains % 5 == 4)  # whole chains: paths of one chain share frames
+        fit = FitSettings(n_steps=args.sampler_fit, batch_size=16, learning_rate=args.sampler_lr, validate_every=50)
+        print(
+            f"6. learned path sampler: fit to {int((~held).sum())} one-way shooting paths, {int(held.sum())} of other "
+            f"chains held out ({args.sampler_fit} steps) ...",
+            flush=True,
+        )
         equilibrium = StartPool.draw(term, starts[half:], a, seed=7)
-        fit = FitSettings(n_steps=args.sampler_fit, batch_size=8, learning_rate=args.sampler_lr)
-        sampler.fit_to_paths(paths, equilibrium, shooting.evaluations, torch.as_tensor(weights), fit)
+        w = torch.as_tensor(weights)
+        sampler.fit_to_paths(
+            paths.select(~held), equilibrium, shooting.evaluations, w[~held], fit,
+            held_out=paths.select(held) if held.any() else None, held_out_weights=w[held],
+        )  # fmt: skip
+        curve = ", ".join(f"{step}: {value:.2f}" for step, value in sampler.training_log.fit_held_out)
+        print(f"   held-out mean log p_theta/p_0 per fit step {{{curve}}}", flush=True)
     k = args.sampler_batch // 8
     settings = TrainingSettings(
         n_iterations=args.sampler, batch_size=args.sampler_batch, train_batch=args.sampler_batch,
@@ -322,12 +337,15 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--sampler-fit", type=int, default=0, metavar="STEPS",
-        help="fit the learned path sampler to the two-way shooting paths for STEPS minibatches (0: skip)",
+        help="fit the learned path sampler to the one-way shooting paths for STEPS minibatches (0: skip)",
     )  # fmt: skip
     parser.add_argument("--sampler-batch", type=int, default=64, help="paths per sampler rollout (multiple of 8)")
     parser.add_argument("--sampler-paths", type=int, default=256, help="paths drawn from the trained sampler")
-    parser.add_argument("--sampler-lr", type=float, default=1e-2, help="learning rate of the CV control")
-    parser.add_argument("--sampler-force", type=float, default=20.0, help="force scale of the CV control, kJ/mol")
+    parser.add_argument("--sampler-lr", type=float, default=1e-3, help="learning rate of the CV control")
+    parser.add_argument("--sampler-force", type=float, default=20.0, help="force scale of the CV control, kJ/mol/rad")
+    parser.add_argument(
+        "--sampler-static", action="store_true", help="a time-independent control (g of the CVs and their rates only)"
+    )  # fmt: skip
     parser.add_argument(
         "--sampler-anneal", type=float, default=1.0, metavar="FACTOR",
         help="the first sampler rollouts run at FACTOR x kT, lowered to kT over half the iterations (1: no annealing)",
@@ -390,7 +408,7 @@ def main(argv=None) -> int:
     target_t = torch.as_tensor(target[heavy])
     ensembles = {}
     for move in ("two-way", "one-way") if args.reference or args.sampler_fit else ():
-        every = 1 if move == "two-way" and args.sampler_fit else save_every  # the sampler fits every frame
+        every = 1 if move == "one-way" and args.sampler_fit else save_every  # the sampler fits every frame
         print(f"4. {move} shooting, {args.chains} chains x {args.moves} moves ...", flush=True)
         settings = ShootingSettings(n_steps=n_steps, dt=dt, move=move, velocity_refresh=0.3, save_every=every)
         ensemble = ensembles[move] = ShootingTPS(term, a, b, settings).run(initial, args.moves, out=out / move)
@@ -401,7 +419,7 @@ def main(argv=None) -> int:
         rows.append(row)
         ensemble.write_trajectory(out / f"{move}_paths.dcd", system.topology, args.burn_in)
     if args.sampler or args.sampler_fit:
-        shooting = ensembles["two-way"] if args.sampler_fit else None
+        shooting = ensembles["one-way"] if args.sampler_fit else None
         row, ensemble = learned_sampler_row(
             term, cvs, a, b, starts, args, dt, n_steps, save_every, heavy, target_t, e_min, shooting
         )  # fmt: skip
