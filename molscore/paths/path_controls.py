@@ -28,6 +28,38 @@ def cv_rates(values: Tensor, pos: Tensor, vel: Tensor, create_graph: bool = Fals
 
 
 # controls --------------------------------------------------------------------------------------------------------
+class FlatFeatures(nn.Module):
+    """Network inputs of a small system's raw coordinates: ``(x - offset) / length_scale`` and optionally
+    ``v / speed_scale`` flattened, and the time t/T (B, F).
+
+    Parameters
+    ----------
+    n_particles, dim : N, d
+    length_scale : nm, positions are divided by it;  offset : Tensor broadcastable to (N, d), nm, subtracted first
+    speed_scale : nm/ps, velocities are divided by it (e.g. the thermal speed sqrt(kT/m))
+    velocity, time : whether the features include the velocities and the time
+    """
+
+    def __init__(self, n_particles, dim, length_scale=1.0, offset=None, speed_scale=1.0, velocity=True, time=True):
+        super().__init__()
+        self.n_particles, self.dim = n_particles, dim
+        self.length_scale, self.speed_scale = float(length_scale), float(speed_scale)
+        self.velocity, self.time = velocity, time
+        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
+        self.size = n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
+
+    def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """pos, vel (B, N, d) nm, nm/ps; t (B,) in [0, 1] -> features (B, F)."""
+        if pos.ndim != 3 or pos.shape[1:] != (self.n_particles, self.dim):
+            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, {self.n_particles}, {self.dim})")
+        features = [((pos - self.offset.to(pos)) / self.length_scale).flatten(1)]
+        if self.velocity:
+            features.append((vel / self.speed_scale).flatten(1))
+        if self.time:
+            features.append(t.to(pos).reshape(-1, 1))
+        return torch.cat(features, 1)
+
+
 class MLPControl(nn.Module):
     """Control force from an MLP over flattened positions, velocities and the time t/T (low-dimensional systems).
 
@@ -58,23 +90,13 @@ class MLPControl(nn.Module):
         time: bool = True,
     ):
         super().__init__()
-        self.n_particles, self.dim = n_particles, dim
-        self.force_scale, self.length_scale, self.speed_scale = float(force_scale), float(length_scale), float(speed_scale)
-        self.velocity, self.time = velocity, time
-        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        n_in = n_particles * dim * (2 if velocity else 1) + (1 if time else 0)
-        self.net = zero_output_mlp(n_in, hidden, n_layers, n_particles * dim)
+        self.features = FlatFeatures(n_particles, dim, length_scale, offset, speed_scale, velocity, time)
+        self.force_scale = float(force_scale)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, n_particles * dim)
 
     def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """pos, vel (B, N, d) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, d) kJ/(mol nm)."""
-        if pos.ndim != 3 or pos.shape[1:] != (self.n_particles, self.dim):
-            raise ValueError(f"positions have shape {tuple(pos.shape)}; expected (B, {self.n_particles}, {self.dim})")
-        features = [((pos - self.offset.to(pos)) / self.length_scale).flatten(1)]
-        if self.velocity:
-            features.append((vel / self.speed_scale).flatten(1))
-        if self.time:
-            features.append(t.to(pos).reshape(-1, 1))
-        h = torch.cat(features, 1).to(self.net[-1].weight.dtype)
+        h = self.features(pos, vel, t).to(self.net[-1].weight.dtype)
         return self.force_scale * self.net(h).view(pos.shape).to(pos)
 
 
@@ -309,16 +331,13 @@ class LogNormaliser(nn.Module):
         initial: float = 0.0,
     ):
         super().__init__()
-        self.n_particles, self.dim = n_particles, dim
-        self.length_scale, self.speed_scale = float(length_scale), float(speed_scale)
-        self.register_buffer("offset", torch.zeros(n_particles, dim) if offset is None else torch.as_tensor(offset))
-        self.net = zero_output_mlp(2 * n_particles * dim, hidden, n_layers, 1)
+        self.features = FlatFeatures(n_particles, dim, length_scale, offset, speed_scale, time=False)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, 1)
         self.log_offset = nn.Parameter(torch.tensor(float(initial)))
 
     def forward(self, pos: Tensor, vel: Tensor) -> Tensor:
         """pos, vel (B, N, d) nm, nm/ps -> log Z (B,)."""
-        h = torch.cat([((pos - self.offset.to(pos)) / self.length_scale).flatten(1), (vel / self.speed_scale).flatten(1)], 1)
-        out = self.net(h.to(self.net[-1].weight.dtype))[:, 0] + self.log_offset
+        out = self.net(self.features(pos, vel).to(self.net[-1].weight.dtype))[:, 0] + self.log_offset
         return out.to(pos)
 
 
