@@ -185,11 +185,11 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     assert initial.n_paths == 8 and tried >= 8
     settings = ShootingSettings(n_steps=100, dt=dt, move="one-way", seed=2)
     tps = ShootingTPS(term, a, b, settings)
-    full = tps.run(initial, 8, progress=False)
+    full = tps.run(initial, 24, progress=False)
     assert tps.valid(PathBatch.from_positions([full.paths[i] for i in full.history[-1]])).all()
-    # interrupted after 4 moves, resumed to 8: the same chains, paths and bookkeeping
-    tps.run(initial, 4, out=tmp_path, checkpoint_every=2, progress=False)
-    resumed = tps.run(initial, 8, out=tmp_path, checkpoint_every=2, progress=False)
+    # interrupted after 12 moves, resumed to 24: the same chains, paths and bookkeeping
+    tps.run(initial, 12, out=tmp_path, checkpoint_every=4, progress=False)
+    resumed = tps.run(initial, 24, out=tmp_path, checkpoint_every=4, progress=False)
     assert np.array_equal(np.array(resumed.history), np.array(full.history))
     assert all(np.array_equal(p, q) for p, q in zip(resumed.paths, full.paths, strict=True))
     assert resumed.evaluations == full.evaluations > 0  # the cost counts the interrupted run's moves too
@@ -198,12 +198,16 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     extra = tmp_path / "chunk_99999.npz"
     extra.write_bytes(b"")
     read = PathEnsemble.restore(tmp_path, torch.load(tmp_path / "checkpoint.pt", weights_only=True), dt, 1)
-    assert extra.exists() and len(read.paths) == len(full.paths) and read.n_moves == 8
+    assert extra.exists() and len(read.paths) == len(full.paths) and read.n_moves == 24
     extra.unlink()
     # the ensemble as fixed-length paths with their start velocities (to fit a path sampler): the BAOAB draws
     # recovered from positions and v_0 are unit normals (a wrong v_0 would give draws of size ~20)
+    # one-way paths that keep pieces of the initial paths are flagged (and survive the resume), then are left out
+    flags = np.asarray(full.from_initial)
+    assert flags[np.asarray(full.move) < 0].all() and flags[np.asarray(full.move) >= 0].any()
+    assert resumed.from_initial == full.from_initial
     batch, weights = full.fixed_length_paths()
-    made = (full.weights() > 0) & (np.asarray(full.move) >= 0)  # the initial paths are left out
+    made = (full.weights() > 0) & ~flags
     assert batch.n_paths == len(weights) == int(made.sum()) and weights.sum() == full.weights()[made].sum()
     x_mid, v_in, v_out = step_states(target_rollout(batch, term), term, dt)
     c = math.exp(-term.friction * dt)

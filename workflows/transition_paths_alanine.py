@@ -235,7 +235,8 @@ def shooting_row(method, ensemble, burn_in, chains, force_field, cvs, a, b, dt_f
     """The table row of a shooting ensemble (paths saved every ``dt_frame`` ps) and its (paths, weights) and
     (transition times, weights); energies (dividing surface, ``emax`` (n_paths,) if given, else the ensemble's own
     ETS) are the reference ``force_field``'s, kJ/mol. The pulled starting paths are not in the ensemble: chains that
-    still hold theirs after the burn-in do not count (unless no chain accepted a move: then the row describes them)."""
+    still hold theirs, or pieces of them (one-way), after the burn-in do not count (unless no chain has left them:
+    then the row describes them)."""
     w = ensemble.weights(burn_in, initial=False)
     w = w if w.any() else ensemble.weights(burn_in)
     ends = torch.as_tensor(np.stack([p[-1] for p in ensemble.paths]), dtype=torch.float64)

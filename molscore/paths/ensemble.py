@@ -27,6 +27,8 @@ class PathEnsemble:
     max_energy : list of float, the highest potential energy along the path at full resolution, kJ/mol (NaN if
         the force field gives no energy)
     chain, move : list of int, the chain and move that produced each path (move -1: initial path)
+    from_initial : list of bool, whether the path shares frames with its chain's initial path (the initial paths, and
+        one-way paths that keep pieces of them)
     history : list of ndarray (C,) int, the index of each chain's current path after each move
     accepted : list of ndarray (C,) bool, per move
     decorrelated : ndarray (C,) int, decorrelated paths per chain (no frame in common with the previous one)
@@ -41,6 +43,7 @@ class PathEnsemble:
         self.max_energy: list[float] = []
         self.chain: list[int] = []
         self.move: list[int] = []
+        self.from_initial: list[bool] = []
         self.history: list[np.ndarray] = []
         self.accepted: list[np.ndarray] = []
         self.decorrelated = np.zeros(n_chains, dtype=np.int64)
@@ -48,8 +51,11 @@ class PathEnsemble:
         self._written = 0  # paths already in chunk files
         self._chunks = 0
 
-    def add(self, batch: PathBatch, chains: np.ndarray, move: int) -> np.ndarray:
-        """Store the paths of ``batch`` (one per entry of ``chains``); returns their indices."""
+    def add(self, batch: PathBatch, chains: np.ndarray, move: int, from_initial=None) -> np.ndarray:
+        """Store the paths of ``batch`` (one per entry of ``chains``; ``from_initial`` (C,) bools: which share frames
+        with their chain's initial path, default: all if ``move`` is -1, else none); returns their indices."""
+        if from_initial is None:
+            from_initial = np.full(len(chains), move < 0)
         first = len(self.paths)
         pos = batch.positions.detach().cpu().numpy()
         v0 = batch.velocities[0].detach().cpu().numpy()
@@ -64,6 +70,7 @@ class PathEnsemble:
             self.max_energy.append(float(np.max(e)) if np.isfinite(e).all() else float("nan"))
             self.chain.append(int(chain))
             self.move.append(int(move))
+            self.from_initial.append(bool(from_initial[i]))
         return np.arange(first, len(self.paths))
 
     def record(self, current: np.ndarray, accepted: np.ndarray) -> None:
@@ -77,18 +84,18 @@ class PathEnsemble:
 
     def weights(self, burn_in: int = 0, initial: bool = True) -> np.ndarray:
         """Multiplicity (n_paths,) of each unique path over the moves after ``burn_in`` (all chains); with
-        ``initial=False`` the initial paths get none (when they are not samples of the ensemble, e.g. pulled by a
-        bias, and a chain has not accepted a move yet; one-way moves keep pieces of them for longer)."""
+        ``initial=False`` the initial paths and the paths that keep pieces of them (one-way moves) get none: when the
+        initial paths are not samples of the ensemble (e.g. pulled by a bias) and a chain has not left them yet."""
         if self.n_moves <= burn_in:
             raise ValueError(f"burn_in={burn_in} discards all {self.n_moves} moves; sample longer or lower it")
         counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths)).astype(float)
-        return counts if initial else counts * (np.asarray(self.move) >= 0)
+        return counts if initial else counts * ~np.asarray(self.from_initial, dtype=bool)
 
     def fixed_length_paths(self, burn_in: int = 0) -> tuple[PathBatch, np.ndarray]:
         """The unique paths with weight after ``burn_in`` that a move produced as a :class:`PathBatch` (float64;
         velocities: the first frame's only, NaN elsewhere; e.g. to fit the learned path sampler) and their weights.
-        The initial paths are left out (often not samples of the ensemble, e.g. pulled by a bias); with one-way
-        moves later paths keep pieces of them, two-way moves make every path anew. Needs every frame
+        The initial paths and the one-way paths that keep pieces of them are left out (often not samples of the
+        ensemble, e.g. pulled by a bias; the fit would learn the bias). Needs every frame
         (``save_every = 1``) and paths of one length (a fixed-length ensemble)."""
         w = self.weights(burn_in, initial=False)
         if not w.any():
@@ -182,6 +189,7 @@ class PathEnsemble:
             "max_energy": np.asarray([self.max_energy[i] for i in new]),
             "chain": np.asarray([self.chain[i] for i in new]),
             "move": np.asarray([self.move[i] for i in new]),
+            "from_initial": np.asarray([self.from_initial[i] for i in new]),
         }
         with atomic_write(folder / f"chunk_{self._chunks:05d}.npz") as tmp:
             np.savez(tmp, **data)
@@ -224,10 +232,12 @@ class PathEnsemble:
                 out.max_energy += data["max_energy"].tolist()
                 out.chain += data["chain"].tolist()
                 out.move += data["move"].tolist()
+                # chunks written before the flag was kept: only the initial paths are known to be from them
+                out.from_initial += (data["from_initial"] if "from_initial" in data else data["move"] < 0).tolist()
         n = int(bookkeeping["written"])
         if len(out.paths) < n:
             raise ValueError(f"{folder}: the checkpoint counts {n} paths but the chunk files hold {len(out.paths)}")
-        for name in ("paths", "start_velocities", "steps", "max_energy", "chain", "move"):
+        for name in ("paths", "start_velocities", "steps", "max_energy", "chain", "move", "from_initial"):
             setattr(out, name, getattr(out, name)[:n])
         out._written = n
         out.history = list(bookkeeping["history"].numpy())

@@ -192,13 +192,18 @@ class ShootingTPS:
             current = ensemble.add(paths, np.arange(paths.n_paths), move=-1)
             done, next_id = 0, int(paths.ids.max()) + 1
         reference_ids = [set(paths.ids[: int(n) + 1, c].tolist()) for c, n in enumerate(paths.lengths)]
+        initial_ids = [set(initial.ids[: int(n) + 1, c].tolist()) for c, n in enumerate(initial.lengths)]
         evaluations, clock = self.term.evaluations, time.perf_counter()
         for m in tqdm(range(done, n_moves), desc="shooting", disable=not progress, initial=done, total=n_moves):
             trial, accept, next_id = self.move(paths, m, next_id)
             paths = paths.where(accept, trial).trimmed()
             chains = np.nonzero(accept.cpu().numpy())[0]
             if len(chains):
-                current[chains] = ensemble.add(trial.select(accept), chains, move=m)
+                new = trial.select(accept)
+                kept = [
+                    bool(initial_ids[c] & set(new.ids[: int(new.lengths[i]) + 1, i].tolist())) for i, c in enumerate(chains)
+                ]
+                current[chains] = ensemble.add(new, chains, move=m, from_initial=kept)
             for c in chains:
                 ids = set(paths.ids[: int(paths.lengths[c]) + 1, c].tolist())
                 if not ids & reference_ids[c]:
