@@ -202,7 +202,31 @@ class CVFeatures(nn.Module):
         return features.detach(), torch.stack(grads, 1).detach()
 
 
-class CVControl(nn.Module):
+class _CVNetwork(nn.Module):
+    """A network of :class:`CVFeatures` with ``n_outputs`` outputs (None: one per CV) and a zero last layer; the
+    arguments are those of :class:`CVControl`."""
+
+    n_outputs: int | None = 1
+
+    def __init__(
+        self,
+        cvs,
+        periodic=None,
+        hidden: int = 64,
+        n_layers: int = 2,
+        force_scale: float = 10.0,
+        cv_scale: float = 1.0,
+        velocity_scale=1.0,
+        velocity: bool = True,
+        time: bool = True,
+    ):
+        super().__init__()
+        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, velocity, time)
+        self.force_scale = float(force_scale)
+        self.net = zero_output_mlp(self.features.size, hidden, n_layers, self.n_outputs or self.features.n_cvs)
+
+
+class CVControl(_CVNetwork):
     """Control force from a learned potential of collective variables: ``u(x, v, t) = -grad_x U_theta(features)``.
 
     ``U_theta = force_scale * MLP(features)`` (kJ/mol), features of :class:`CVFeatures` (the CVs, optionally their
@@ -221,22 +245,7 @@ class CVControl(nn.Module):
     force_scale : kJ/mol per unit network output
     """
 
-    def __init__(
-        self,
-        cvs,
-        periodic=None,
-        hidden: int = 64,
-        n_layers: int = 2,
-        force_scale: float = 10.0,
-        cv_scale: float = 1.0,
-        velocity_scale=1.0,
-        velocity: bool = True,
-        time: bool = True,
-    ):
-        super().__init__()
-        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, velocity, time)
-        self.force_scale = float(force_scale)
-        self.net = zero_output_mlp(self.features.size, hidden, n_layers, 1)
+    n_outputs = 1  # U
 
     def potential(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """U_theta (B,), kJ/mol (differentiable in ``pos`` if it requires grad)."""
@@ -256,7 +265,7 @@ class CVControl(nn.Module):
         return -grad if create_graph else -grad.detach()
 
 
-class CVForceControl(nn.Module):
+class CVForceControl(_CVNetwork):
     """Control force along the CV gradients: ``u(x, v, t) = force_scale * sum_k g_k(features) grad_x cv_k``.
 
     The form of the Doob h-transform drift when P(B | x, v, t) depends on the state through the CVs and their rates
@@ -272,22 +281,7 @@ class CVForceControl(nn.Module):
     force_scale : kJ/mol per CV unit per unit network output (kJ/(mol rad) for dihedrals)
     """
 
-    def __init__(
-        self,
-        cvs,
-        periodic=None,
-        hidden: int = 64,
-        n_layers: int = 2,
-        force_scale: float = 10.0,
-        cv_scale: float = 1.0,
-        velocity_scale=1.0,
-        velocity: bool = True,
-        time: bool = True,
-    ):
-        super().__init__()
-        self.features = CVFeatures(cvs, periodic, cv_scale, velocity_scale, velocity, time)
-        self.force_scale = float(force_scale)
-        self.net = zero_output_mlp(self.features.size, hidden, n_layers, self.features.n_cvs)
+    n_outputs = None  # g_k: one per CV
 
     def forward(self, pos: Tensor, vel: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         """pos, vel (B, N, 3) nm, nm/ps; t (B,) in [0, 1] -> control force (B, N, 3) kJ/(mol nm)."""
