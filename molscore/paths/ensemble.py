@@ -28,7 +28,7 @@ class PathEnsemble:
         the force field gives no energy)
     chain, move : list of int, the chain and move that produced each path (move -1: initial path)
     from_initial : list of bool, whether the path shares frames with its chain's initial path (the initial paths, and
-        one-way paths that keep pieces of them)
+        paths that keep pieces of them: a two-way path keeps its shooting frame, a one-way path part of its predecessor)
     history : list of ndarray (C,) int, the index of each chain's current path after each move
     accepted : list of ndarray (C,) bool, per move
     decorrelated : ndarray (C,) int, decorrelated paths per chain (no frame in common with the previous one)
@@ -84,8 +84,8 @@ class PathEnsemble:
 
     def weights(self, burn_in: int = 0, initial: bool = True) -> np.ndarray:
         """Multiplicity (n_paths,) of each unique path over the moves after ``burn_in`` (all chains); with
-        ``initial=False`` the initial paths and the paths that keep pieces of them (one-way moves) get none: when the
-        initial paths are not samples of the ensemble (e.g. pulled by a bias) and a chain has not left them yet."""
+        ``initial=False`` the initial paths and the paths that keep frames of them (``from_initial``) get none: when
+        the initial paths are not samples of the ensemble (e.g. pulled by a bias) and a chain has not left them yet."""
         if self.n_moves <= burn_in:
             raise ValueError(f"burn_in={burn_in} discards all {self.n_moves} moves; sample longer or lower it")
         counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths)).astype(float)
@@ -94,8 +94,8 @@ class PathEnsemble:
     def fixed_length_paths(self, burn_in: int = 0) -> tuple[PathBatch, np.ndarray]:
         """The unique paths with weight after ``burn_in`` that a move produced as a :class:`PathBatch` (float64;
         velocities: the first frame's only, NaN elsewhere; e.g. to fit the learned path sampler) and their weights.
-        The initial paths and the one-way paths that keep pieces of them are left out (often not samples of the
-        ensemble, e.g. pulled by a bias; the fit would learn the bias). Needs every frame
+        The initial paths and the paths that keep frames of them are left out (often not samples of the ensemble,
+        e.g. pulled by a bias; a fit would learn the bias). Needs every frame
         (``save_every = 1``) and paths of one length (a fixed-length ensemble)."""
         w = self.weights(burn_in, initial=False)
         if not w.any():
