@@ -33,16 +33,18 @@ def test_alanine_workflow_quick(workflow_script, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:no trial path:UserWarning")
 def test_alanine_workflow_learned_sampler_row(workflow_script, tmp_path):
-    """--sampler-fit on tiny settings: the sampler is fitted to the one-way paths kept at full resolution and its row
-    (THP, ESS) is in the table, whether or not its paths reach C7ax."""
+    """--sampler-fit on tiny settings: the sampler is fitted to the one-way paths kept at full resolution (once the
+    chains have left their pulled starting paths; else the row says it is not fitted) and its row (THP, ESS) is in the
+    table, whether or not its paths reach C7ax."""
     module = workflow_script("transition_paths_alanine.py")
-    argv = ["--md-ps", "5", "--scan-grid", "6", "--chains", "2", "--moves", "3", "--burn-in", "1"]
-    argv += ["--sampler-fit", "4", "--sampler-paths", "8", "--sampler-batch", "8", "--out", str(tmp_path)]
-    assert module.main(argv) == 0
-    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
-    assert [row["method"] for row in rows] == ["two-way shooting (reference FF)", "one-way shooting (reference FF)",
-                                              "learned sampler (CV control)"]  # fmt: skip
-    assert 0 <= float(rows[-1]["THP %"]) <= 100 and rows[-1]["decorrelated paths"].startswith("ESS ")
+    for moves, method in (("3", "learned sampler (CV control, not fitted: no shooting path)"), ("16", None)):
+        argv = ["--md-ps", "5", "--scan-grid", "6", "--chains", "2", "--moves", moves, "--burn-in", "1"]
+        argv += ["--sampler-fit", "4", "--sampler-paths", "8", "--sampler-batch", "8", "--out", str(tmp_path / moves)]
+        assert module.main(argv) == 0
+        rows = json.loads((tmp_path / moves / "table.json").read_text())["rows"]
+        assert [row["method"] for row in rows[:2]] == ["two-way shooting (reference FF)", "one-way shooting (reference FF)"]
+        assert rows[2]["method"] == (method or "learned sampler (CV control)")
+        assert 0 <= float(rows[2]["THP %"]) <= 100 and rows[2]["decorrelated paths"].startswith("ESS ")
 
 
 @pytest.mark.filterwarnings("ignore:no trial path:UserWarning")  # a 3-step model: shooting may accept nothing

@@ -60,7 +60,7 @@ from molscore.paths import ForceFieldLangevin, ShootingSettings, ShootingTPS, fi
 from molscore.paths.brute_force import NoTransitionError, steering_bias
 from molscore.paths.collective_variables import kabsch_rmsd
 from molscore.paths.controlled_paths import StartPool
-from molscore.paths.learned_sampler import LearnedPathSampler, TrainingSettings
+from molscore.paths.learned_sampler import LearnedPathSampler, TrainingLog, TrainingSettings
 from molscore.paths.mountain_pass import mountain_pass
 from molscore.paths.path_controls import CVForceControl, CVLogNormaliser, cv_rates
 from molscore.paths.path_fitting import FitSettings
@@ -130,6 +130,10 @@ def learned_sampler_row(
     sampler with a CV force control on (phi, psi), and reweight its paths to the fixed-length ensemble; returns the
     table row (columns of the shooting rows) and the paths with their weights (None if none ended in C7ax)."""
     torch.manual_seed(0)
+    method = "learned sampler (CV control)"
+    if shooting is not None and not shooting.weights(args.burn_in, initial=False).any():
+        print("   no one-way path free of the pulled starting paths after the burn-in: not fitted (raise --moves)")
+        shooting, method = None, "learned sampler (CV control, not fitted: no shooting path)"
     half = len(starts) // 2
     pool = StartPool.draw(term, starts[:half] if shooting else starts, a, seed=0)
     x = pool.positions.detach().requires_grad_(True)
@@ -171,7 +175,7 @@ def learned_sampler_row(
             flush=True,
         )
         sampler.train(pool, settings)
-    log = sampler.training_log
+    log = sampler.training_log or TrainingLog()  # neither fitted nor trained: no cost
     with torch.no_grad():
         u = control(pool.positions, pool.velocities, torch.zeros(len(pool))).norm(dim=-1).max(1).values
     print(
@@ -188,7 +192,7 @@ def learned_sampler_row(
         print(f"   none of {n} sampled paths ended in C7ax", flush=True)
         rmsd = 10 * kabsch_rmsd(error.paths.last()[:, heavy], target_t).numpy()
         return {
-            "method": "learned sampler (CV control)", "THP %": "0", "RMSD to C7ax A": f"- ({_mean_std(rmsd, np.ones(n))})",
+            "method": method, "THP %": "0", "RMSD to C7ax A": f"- ({_mean_std(rmsd, np.ones(n))})",
             "ETS kJ/mol": "-", "ETS - E(C7eq min)": "-", "E at dividing surface - E(C7eq min)": "-",
             "transition time ps": "-", "acceptance": "-", "decorrelated paths": "ESS 0",
             "energy evals / trial path": f"{(log.energy_evaluations + n * (n_steps + 1)) / n:.3g}",
@@ -214,7 +218,7 @@ def learned_sampler_row(
     both = lambda v: f"{_mean_std(v, w)} ({_mean_std(v, raw)})"  # noqa: E731
     training = log.energy_evaluations
     row = {
-        "method": "learned sampler (CV control)",
+        "method": method,
         "THP %": f"{sample.thp:.0f}",
         "RMSD to C7ax A": both(rmsd),
         "ETS kJ/mol": both(emax),
