@@ -206,9 +206,10 @@ def test_fixed_length_shooting_keeps_the_ensemble_and_resumes(mueller_brown, tmp
     flags = np.asarray(full.from_initial)
     assert flags[np.asarray(full.move) < 0].all() and flags[np.asarray(full.move) >= 0].any()
     assert resumed.from_initial == full.from_initial
-    batch, weights = full.fixed_length_paths()
+    batch, weights, chains = full.fixed_length_paths()
     made = (full.weights() > 0) & ~flags
     assert batch.n_paths == len(weights) == int(made.sum()) and weights.sum() == full.weights()[made].sum()
+    assert (chains == np.asarray(full.chain)[made]).all()
     x_mid, v_in, v_out = step_states(target_rollout(batch, term), term, dt)
     c = math.exp(-term.friction * dt)
     z = (v_out - c * v_in) / math.sqrt(-math.expm1(-2 * term.friction * dt) * term.kT / float(term.masses[0]))

@@ -144,8 +144,7 @@ def learned_sampler_row(
     log_z = CVLogNormaliser(cvs, hidden=32, velocity_scale=rate_scale).double() if shooting else None
     sampler = LearnedPathSampler(term, control, a, b, n_steps, dt, log_normaliser=log_z)
     if shooting:
-        paths, weights = shooting.fixed_length_paths(args.burn_in)
-        chains = np.asarray(shooting.chain)[shooting.weights(args.burn_in, initial=False) > 0]
+        paths, weights, chains = shooting.fixed_length_paths(args.burn_in)
         held = torch.as_tensor(chains % 5 == 4)  # whole chains: paths of one chain share frames
         fit = FitSettings(n_steps=args.sampler_fit, batch_size=16, learning_rate=args.sampler_lr, validate_every=50)
         print(

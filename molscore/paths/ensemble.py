@@ -91,9 +91,10 @@ class PathEnsemble:
         counts = np.bincount(np.concatenate(self.history[burn_in:]), minlength=len(self.paths)).astype(float)
         return counts if initial else counts * ~np.asarray(self.from_initial, dtype=bool)
 
-    def fixed_length_paths(self, burn_in: int = 0) -> tuple[PathBatch, np.ndarray]:
+    def fixed_length_paths(self, burn_in: int = 0) -> tuple[PathBatch, np.ndarray, np.ndarray]:
         """The unique paths with weight after ``burn_in`` that a move produced as a :class:`PathBatch` (float64;
-        velocities: the first frame's only, NaN elsewhere; e.g. to fit the learned path sampler) and their weights.
+        velocities: the first frame's only, NaN elsewhere; e.g. to fit the learned path sampler), their weights and
+        their chains (to hold out whole chains: paths of one chain share frames).
         The initial paths and the paths that keep frames of them are left out (often not samples of the ensemble,
         e.g. pulled by a bias; a fit would learn the bias). Needs every frame
         (``save_every = 1``) and paths of one length (a fixed-length ensemble)."""
@@ -113,7 +114,7 @@ class PathEnsemble:
         lengths = torch.full((len(chosen),), steps.pop(), dtype=torch.long)
         energies = torch.full(pos.shape[:2], float("nan"), dtype=torch.float64)
         ids = torch.full(pos.shape[:2], -1, dtype=torch.long)
-        return PathBatch(pos, vel, energies, lengths, ids), w[chosen]
+        return PathBatch(pos, vel, energies, lengths, ids), w[chosen], np.asarray(self.chain)[chosen]
 
     def acceptance(self, burn_in: int = 0) -> float:
         return float(np.mean(self.accepted[burn_in:])) if self.accepted[burn_in:] else float("nan")
