@@ -40,8 +40,13 @@ def test_alanine_workflow_learned_sampler_row(workflow_script, tmp_path):
     for moves, method in (("3", "learned sampler (CV control, not fitted: no shooting path)"), ("16", None)):
         argv = ["--md-ps", "5", "--scan-grid", "6", "--chains", "2", "--moves", moves, "--burn-in", "1"]
         argv += ["--sampler-fit", "4", "--sampler-paths", "8", "--sampler-batch", "8", "--out", str(tmp_path / moves)]
+        argv += ["--start-probe", "2", "--probe-shots", "2"]
         assert module.main(argv) == 0
-        rows = json.loads((tmp_path / moves / "table.json").read_text())["rows"]
+        result = json.loads((tmp_path / moves / "table.json").read_text())
+        rows, probe = result["rows"], result["start_probe"]
+        # the start probe: no start to probe while the chains hold pulled pieces, else three fractions
+        assert (not probe) if method else sorted(probe) == ["noise", "off-cv", "velocities"]
+        assert all(0 <= p <= 1 for p in probe.values()) and any("start probe" in note for note in result["notes"])
         assert [row["method"] for row in rows[:2]] == ["two-way shooting (reference FF)", "one-way shooting (reference FF)"]
         assert rows[2]["method"] == (method or "learned sampler (CV control)")
         assert 0 <= float(rows[2]["THP %"]) <= 100 and rows[2]["decorrelated paths"].startswith("ESS ")

@@ -51,6 +51,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from molscore.interfaces.dihedral_scan import adiabatic_scan, minimise
 from molscore.interfaces.openmm_md import generate_md, load_md
@@ -65,6 +66,7 @@ from molscore.paths.mountain_pass import mountain_pass
 from molscore.paths.path_controls import CVForceControl, CVLogNormaliser, cv_rates
 from molscore.paths.path_fitting import FitSettings
 from molscore.paths.plots import plot_path_density, plot_path_lengths
+from molscore.paths.start_probe import end_probability
 from molscore.pipeline import load_run_config, stages
 from molscore.system import load_system
 
@@ -234,6 +236,35 @@ def learned_sampler_row(
     return row, (saved, w)
 
 
+def start_probe(ensemble, burn_in, n_starts, n_shots, term, cvs, b, n_steps, dt) -> tuple[str, dict]:
+    """Where the improbability of the shooting paths sits (``molscore.paths.start_probe``): from the starts of
+    ``n_starts`` paths (one per chain, drawn by MC weight, no pulled pieces), the fraction of ``n_shots`` unbiased
+    continuations ending in C7ax with fresh noise, fresh velocities, or fresh velocities off (phi, psi)."""
+    weights = ensemble.weights(burn_in, initial=False)
+    chains = np.asarray(ensemble.chain)
+    rng = np.random.default_rng(0)
+    picked = []
+    for chain in rng.permutation(np.unique(chains[weights > 0]))[:n_starts]:
+        index = np.nonzero((chains == chain) & (weights > 0))[0]
+        picked.append(rng.choice(index, p=weights[index] / weights[index].sum()))
+    if not picked:
+        return "start probe: no path free of the pulled starting paths after the burn-in (raise --moves)", {}
+    x0 = torch.as_tensor(np.stack([ensemble.paths[i][0] for i in picked]), dtype=torch.float64)
+    v0 = torch.as_tensor(np.stack([ensemble.start_velocities[i] for i in picked]), dtype=torch.float64)
+    probe = {
+        mode: end_probability(term, x0, v0, b, cvs, n_steps, dt, n_shots, mode=mode, seed=11)
+        for mode in tqdm(("noise", "velocities", "off-cv"), desc="start probe")
+    }
+    means = {mode: float(p.mean()) for mode, p in probe.items()}
+    note = (
+        f"start probe ({len(picked)} starts of shooting paths, {n_shots} unbiased continuations each): "
+        f"P(end in C7ax) with the same x0, v0 and fresh noise {means['noise']:.3f}, with fresh velocities "
+        f"{means['velocities']:.3f}, with the same dphi/dt, dpsi/dt and the other velocity components redrawn "
+        f"{means['off-cv']:.3f}"
+    )
+    return note, means
+
+
 def shooting_row(method, ensemble, burn_in, chains, force_field, cvs, a, b, dt_frame, heavy, target_t, e_min, emax=None):
     """The table row of a shooting ensemble (paths saved every ``dt_frame`` ps) and its (paths, weights) and
     (transition times, weights); energies (dividing surface, ``emax`` (n_paths,) if given, else the ensemble's own
@@ -364,6 +395,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help="skip the reference-FF shooting rows"
     )  # fmt: skip
+    parser.add_argument(
+        "--start-probe", type=int, default=0,
+        help="starts of shooting paths to continue unbiased (fresh noise / velocities): where paths' improbability sits",
+    )  # fmt: skip
+    parser.add_argument("--probe-shots", type=int, default=16, help="continuations per start in the start probe")
     parser.add_argument("--quick", action="store_true", help="small run (minutes)")
     parser.add_argument("--out", default="runs/transition_paths_alanine", help="output folder")
     args = parser.parse_args(argv)
@@ -430,7 +466,15 @@ def main(argv=None) -> int:
         rows.append(row)
         if ensemble is not None:
             densities["learned sampler (reweighted)"] = ensemble
-    notes = []
+    notes, probe = [], {}
+    if args.start_probe and ensembles:
+        move = "one-way" if "one-way" in ensembles else "two-way"
+        print(f"   start probe on {args.start_probe} {move} path starts ...", flush=True)
+        note, probe = start_probe(
+            ensembles[move], args.burn_in, args.start_probe, args.probe_shots, term, cvs, b, n_steps, dt
+        )  # fmt: skip
+        print(f"   {note}", flush=True)
+        notes.append(note)
     if args.learned:
         print(f"7. learned force field ({args.learned} training steps, or loaded from {out / 'learned_model'}) ...")
         model = learned_model(out / "learned_model", md, args.learned)
@@ -464,7 +508,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     print("\n" + text)
     (out / "table.md").write_text(text)
-    result = {"rows": rows, "barrier": barrier - e_min, "e_min": e_min, "notes": notes}
+    result = {"rows": rows, "barrier": barrier - e_min, "e_min": e_min, "notes": notes, "start_probe": probe}
     (out / "table.json").write_text(json.dumps(result, indent=1))
     if not densities:
         print(f"written to {out}/ (no path ensemble to plot)")
