@@ -28,6 +28,16 @@ def dihedral(pos: Tensor, quartet: Tensor) -> Tensor:
     return torch.atan2((b1 * c1).sum(-1) * b2.norm(dim=-1), (c1 * c2).sum(-1))
 
 
+def cv_gradients(values: Tensor, pos: Tensor, create_graph: bool = False) -> Tensor:
+    """Gradients grad_x cv_k, (B, K, N, d), of CV ``values (B, K)`` computed from ``pos (B, N, d)`` (which must require
+    grad); differentiable in ``pos`` with ``create_graph``."""
+    grads = [
+        torch.autograd.grad(values[:, k].sum(), pos, create_graph=create_graph, retain_graph=True)[0]
+        for k in range(values.shape[1])
+    ]
+    return torch.stack(grads, 1)
+
+
 def kabsch_rmsd(pos: Tensor, reference: Tensor) -> Tensor:
     """RMSD (B,), nm, of ``pos : (B, n, 3)`` to ``reference : (n, 3)`` after optimal superposition."""
     x = pos - pos.mean(1, keepdim=True)

@@ -4,6 +4,8 @@ log-normaliser log Z(x_0, v_0) of the starts (see :mod:`molscore.paths.learned_s
 import torch
 from torch import Tensor, nn
 
+from molscore.paths.collective_variables import cv_gradients
+
 
 def zero_output_mlp(n_in: int, hidden: int, n_layers: int, n_out: int) -> nn.Sequential:
     """SiLU MLP ``n_in -> hidden (x n_layers) -> n_out`` whose last layer is zero: it starts as the zero function."""
@@ -20,11 +22,8 @@ def zero_output_mlp(n_in: int, hidden: int, n_layers: int, n_out: int) -> nn.Seq
 def cv_rates(values: Tensor, pos: Tensor, vel: Tensor, create_graph: bool = False) -> Tensor:
     """Time derivatives dcv_k/dt = (grad_x cv_k) . v, (B, K), of CV ``values (B, K)`` computed from ``pos (B, N, d)``
     (which must require grad) along velocities ``vel (B, N, d)``; differentiable in ``pos`` with ``create_graph``."""
-    rates = []
-    for k in range(values.shape[1]):
-        (grad,) = torch.autograd.grad(values[:, k].sum(), pos, create_graph=create_graph, retain_graph=True)
-        rates.append((grad * vel.to(grad)).sum((1, 2)))
-    return torch.stack(rates, 1)
+    grads = cv_gradients(values, pos, create_graph)
+    return (grads * vel.to(grads)[:, None]).sum((2, 3))
 
 
 # controls --------------------------------------------------------------------------------------------------------
@@ -198,8 +197,7 @@ class CVFeatures(nn.Module):
         features = torch.cat(features, 1)
         if not gradients:
             return features
-        grads = [torch.autograd.grad(values[:, k].sum(), pos, retain_graph=True)[0] for k in range(self.n_cvs)]
-        return features.detach(), torch.stack(grads, 1).detach()
+        return features.detach(), cv_gradients(values, pos).detach()
 
 
 class _CVNetwork(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from molscore.dynamics import SeededNoise
+from molscore.paths.collective_variables import cv_gradients
 from molscore.paths.path_dynamics import ForceFieldLangevin, maxwell_boltzmann, propagate
 from molscore.paths.states import Region
 
@@ -28,10 +29,8 @@ def redraw_off_cv(positions: Tensor, velocities: Tensor, fresh: Tensor, masses: 
     coordinates, the components of ``fresh`` (Maxwell-Boltzmann draws): the thermal velocity distribution
     conditioned on the CV rates. ``cvs: pos (B, N, d) -> (B, K)``; masses (N,) amu."""
     x = positions.detach().requires_grad_(True)
-    values = cvs(x)
-    grads = [torch.autograd.grad(values[:, k].sum(), x, retain_graph=True)[0] for k in range(values.shape[1])]
     root_m = torch.sqrt(masses)[None, :, None]
-    jac = (torch.stack(grads, 1) / root_m[:, None]).flatten(2)  # (B, K, N d): d cv / d (sqrt(m) x)
+    jac = (cv_gradients(cvs(x), x) / root_m[:, None]).flatten(2)  # (B, K, N d): d cv / d (sqrt(m) x)
 
     def along_cvs(w: Tensor) -> Tensor:  # projection onto the rows of jac
         coef = torch.linalg.solve(jac @ jac.transpose(1, 2), jac @ w.flatten(1)[..., None])
