@@ -12,6 +12,7 @@ from molscore.analysis.collective_variables import compute_cvs, in_state
 from molscore.dynamics import load_trajectory
 from molscore.interfaces.openmm_md import generate_md, load_md
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
+from molscore.models import DiffusionModel
 from molscore.pipeline import load_run_config, run_all
 from molscore.pipeline.stages import prepare_data
 from molscore.system import load_system
@@ -34,6 +35,7 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
             "model": {
                 "network": "gnn",
                 "network_options": {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e", "n_layers": 2},
+                "extra_priors": ["angles", "repulsion", "dihedrals"],
             },
             "train": {"steps": 3, "batch_size": 8, "fp_weight": 1e-3, "fp_fraction": 0.5},
             "sample": {"n_samples": 16, "n_steps": 25},
@@ -55,6 +57,15 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     assert (run / "population.png").exists()
     frames = load_trajectory(run / "simulation")["pos"]  # (5, 3, 12, 3): the start and every 5th step
     assert frames.shape == (5, 3, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
+    model = DiffusionModel.load(run / "model.safetensors")
+    kinds = {type(prior).__name__ for prior in model.score_model.prior.priors}
+    assert kinds == {
+        "BondPrior",
+        "AnglePrior",
+        "RepulsionPrior",
+        "DihedralPrior",
+        "NoisePrior",
+    }  # extra_priors reach the saved model
     samples = mdtraj.load(str(run / "samples_sde.dcd"), top=beads)
     np.testing.assert_allclose(samples.xyz, np.load(run / "samples_sde.npy"), atol=1e-5)
     system = load_system("valine_dipeptide")

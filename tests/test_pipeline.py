@@ -85,6 +85,22 @@ def test_stage_without_its_input_names_the_missing_stage(tmp_path):
         stages.sample(cfg, progress=False)
 
 
+def test_extra_priors_are_checked_and_need_a_molecule(tmp_path):
+    from molscore.config import ConfigError
+    from molscore.system import load_system
+
+    bad = tiny_config(tmp_path)
+    bad["model"]["extra_priors"] = ["angels"]
+    with pytest.raises(ConfigError, match="did you mean 'angles'"):
+        load_run_config(bad)
+    cfg = tiny_config(tmp_path)
+    cfg["model"]["extra_priors"] = ["angles"]
+    cfg = load_run_config(cfg)
+    stages.prepare_data(cfg)
+    with pytest.raises(ValueError, match="needs the bead topology's bonds"):
+        stages.model_spec(cfg, load_system("mueller_brown"), 1)
+
+
 def test_training_without_time_for_one_step_says_so(tmp_path):
     cfg = load_run_config(tiny_config(tmp_path, max_minutes=1e-6))
     stages.prepare_data(cfg)

@@ -74,7 +74,8 @@ LEARNED = {  # the learned force field: energy model + FP (issue 5's settings), 
     "system": "alanine_dipeptide",  # kT and centring as the vacuum variant; the data are the workflow's vacuum MD
     "data": {"resolution": "all", "n_validation_replicas": 1, "n_test_replicas": 1},  # 4 replicas: 2 train
     "model": {"parameterisation": "energy", "network": "gnn",
-              "network_options": {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e", "n_layers": 2, "radial_hidden": 16}},
+              "network_options": {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e", "n_layers": 2, "radial_hidden": 16},
+              "extra_priors": ["angles", "repulsion", "dihedrals"]},
     "train": {"batch_size": 32, "learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 250,
               "fp_weight": 5.0e-4, "fp_fraction": 0.25},
 }  # fmt: skip

@@ -8,7 +8,7 @@ from torch import nn
 
 from molscore.models.mlp import MLP
 from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
-from molscore.models.priors import BondPrior, NoisePrior, PriorSum
+from molscore.models.priors import AnglePrior, BondPrior, DihedralPrior, NoisePrior, PriorSum, RepulsionPrior
 from molscore.nn import EquivariantGNN
 
 NETWORKS = {"mlp": MLP, "gnn": EquivariantGNN}
@@ -33,6 +33,10 @@ class ModelSpec:
     bonds : bead index pairs of a harmonic bond prior (:class:`~molscore.models.priors.BondPrior`, fitted
         to the training data) added to every expert; empty for none
     noise_prior : add sigma(t)^2 |x|^2 / 2 (:class:`~molscore.models.priors.NoisePrior`) to every expert
+    angle_prior : add a Gaussian prior on every angle between two ``bonds`` (:class:`~molscore.models.priors.AnglePrior`)
+    repulsion_prior : add a wall on beads more than two ``bonds`` apart (:class:`~molscore.models.priors.RepulsionPrior`)
+    dihedral_prior : add von Mises terms on the dihedrals of ``bonds`` that are narrow in the data (planar groups;
+        :class:`~molscore.models.priors.DihedralPrior`)
     """
 
     n_particles: int
@@ -45,6 +49,9 @@ class ModelSpec:
     large_t_parameterisation: Literal["energy", "score"] | None = None
     bonds: list[list[int]] = field(default_factory=list)
     noise_prior: bool = False
+    angle_prior: bool = False
+    repulsion_prior: bool = False
+    dihedral_prior: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +62,13 @@ def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
         raise ValueError(f"network {spec.network!r} unknown; choose from {sorted(NETWORKS)}")
     net = NETWORKS[spec.network](spec.n_particles, spec.dim, output=parameterisation, **spec.network_options)
     wrapper = EnergyScore if parameterisation == "energy" else DirectScore
-    priors = ([BondPrior(spec.bonds)] if spec.bonds else []) + ([NoisePrior()] if spec.noise_prior else [])
+    if (spec.angle_prior or spec.repulsion_prior or spec.dihedral_prior) and not spec.bonds:
+        raise ValueError("angle, repulsion and dihedral priors are defined by the bonds: give the spec's bonds too")
+    priors = [BondPrior(spec.bonds)] if spec.bonds else []
+    priors += [AnglePrior(spec.bonds, spec.n_particles)] if spec.angle_prior else []
+    priors += [RepulsionPrior(spec.bonds, spec.n_particles)] if spec.repulsion_prior else []
+    priors += [DihedralPrior(spec.bonds, spec.n_particles)] if spec.dihedral_prior else []
+    priors += [NoisePrior()] if spec.noise_prior else []
     return wrapper(net, spec.centred, PriorSum(priors) if priors else None)
 
 

@@ -38,6 +38,10 @@ class ModelConfig:
     priors : molecules (runs with a bead topology) get a harmonic bond prior on the bonds of their beads,
         fitted to the training data, and the Gaussian noise prior (:mod:`molscore.models.priors`); the network
         learns everything else
+    extra_priors : molecules: "angles" (a Gaussian prior on every bond angle), "repulsion" (a wall on beads more
+        than two bonds apart at 0.8 x their closest approach in the data) and/or "dihedrals" (von Mises terms on
+        the dihedrals that are narrow in the data: planar peptide groups), fitted to the training data; for
+        all-atom force fields that have to keep their geometry in long simulations
     """
 
     parameterisation: Literal["energy", "score"] = "energy"
@@ -46,6 +50,7 @@ class ModelConfig:
     mixture_boundaries: list[float] = field(default_factory=list)
     large_t_parameterisation: Literal["energy", "score"] | None = None
     priors: bool = True
+    extra_priors: list[Literal["angles", "repulsion", "dihedrals"]] = field(default_factory=list)
 
 
 @dataclass

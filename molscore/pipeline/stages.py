@@ -123,10 +123,16 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
         options.setdefault("bead_types", beads["bead_types"])
     topology_file = Path(cfg.run_dir) / "data" / "beads.pdb"
     priors = m.priors and topology_file.exists()
+    if m.extra_priors and not priors:
+        raise ValueError(
+            f"model.extra_priors {list(m.extra_priors)} needs the bead topology's bonds: set model.priors: true and "
+            "use molecular data (an MD folder, which writes data/beads.pdb), or drop extra_priors"
+        )
     bonds = topology_bonds(mdtraj.load_topology(str(topology_file))) if priors else []
     return ModelSpec(
         n_particles, system.dim, system.centred, m.parameterisation, m.network, options,
         list(m.mixture_boundaries), m.large_t_parameterisation, [[int(i), int(j)] for i, j in bonds], priors,
+        "angles" in m.extra_priors, "repulsion" in m.extra_priors, "dihedrals" in m.extra_priors,
     )  # fmt: skip
 
 
