@@ -136,6 +136,18 @@ def test_unknown_start_state_is_named(valine_md, tmp_path):
         simulate(cfg, progress=False, force_fn=lambda x: 0 * x)
 
 
+def test_extra_priors_on_beads_without_bonds_name_the_resolution(valine_md, tmp_path):
+    from molscore.pipeline.stages import model_spec
+
+    data = {"source": str(valine_md), "resolution": "calpha", "n_validation_replicas": 1, "n_test_replicas": 1}
+    cfg = load_run_config(
+        {"system": "valine_dipeptide", "run_dir": str(tmp_path), "data": data, "model": {"extra_priors": ["angles"]}}
+    )
+    prepare_data(cfg)
+    with pytest.raises(ValueError, match="have no bonds .*resolution"):
+        model_spec(cfg, load_system("valine_dipeptide"), 2)
+
+
 def test_exported_copy_is_an_md_folder_with_the_same_beads(valine_md, tmp_path):
     from molscore.data.export import export_md
 

@@ -129,6 +129,11 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
             "use molecular data (an MD folder, which writes data/beads.pdb), or drop extra_priors"
         )
     bonds = topology_bonds(mdtraj.load_topology(str(topology_file))) if priors else []
+    if m.extra_priors and len(bonds) == 0:
+        raise ValueError(
+            f"model.extra_priors {list(m.extra_priors)}: the beads of this run have no bonds (e.g. data.resolution "
+            "'calpha'); choose a resolution with bonded beads ('all', 'heavy', 'backbone') or drop extra_priors"
+        )
     return ModelSpec(
         n_particles, system.dim, system.centred, m.parameterisation, m.network, options,
         list(m.mixture_boundaries), m.large_t_parameterisation, [[int(i), int(j)] for i, j in bonds], priors,
