@@ -88,7 +88,12 @@ class NoisePrior(Prior):
         return 0.5 * sigma2[:, 0] * x.pow(2).flatten(1).sum(-1)
 
 
+def _pairs(bonds) -> Tensor:
+    return torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2)
+
+
 def _bonded_neighbours(bonds: Tensor, n_particles: int) -> list[set[int]]:
+    """The beads bonded to each bead, from bead index pairs ``bonds (M, 2)``."""
     neighbours = [set() for _ in range(n_particles)]
     for i, j in bonds.tolist():
         neighbours[i].add(j)
@@ -98,14 +103,14 @@ def _bonded_neighbours(bonds: Tensor, n_particles: int) -> list[set[int]]:
 
 def bond_angles(bonds, n_particles: int) -> Tensor:
     """Bead triples ``(A, 3)`` (i, j, k), i < k, of every angle between two bonds i-j and j-k."""
-    neighbours = _bonded_neighbours(torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2), n_particles)
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
     triples = [(i, j, k) for j in range(n_particles) for i in sorted(neighbours[j]) for k in sorted(neighbours[j]) if i < k]
     return torch.tensor(triples, dtype=torch.long).reshape(-1, 3)
 
 
 def nonbonded_pairs(bonds, n_particles: int) -> Tensor:
     """Bead pairs ``(P, 2)``, i < j, more than two bonds apart (neither bonded nor sharing a bonded neighbour)."""
-    neighbours = _bonded_neighbours(torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2), n_particles)
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
     close = [neighbours[i] | set().union(*(neighbours[j] for j in neighbours[i])) for i in range(n_particles)]
     pairs = [(i, j) for i in range(n_particles) for j in range(i + 1, n_particles) if j not in close[i]]
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
@@ -193,7 +198,7 @@ class RepulsionPrior(Prior):
 def proper_dihedrals(bonds, n_particles: int) -> Tensor:
     """Bead quadruples ``(D, 4)`` (i, j, k, l) of every proper dihedral: bonds i-j, j-k, k-l, i != l, one per
     central bond and end pair."""
-    bonds = torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2)
+    bonds = _pairs(bonds)
     neighbours = _bonded_neighbours(bonds, n_particles)
     quads = [
         (i, j, k, m)
@@ -271,7 +276,7 @@ class BondPrior(Prior):
 
     def __init__(self, bonds):
         super().__init__()
-        bonds = torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2)
+        bonds = _pairs(bonds)
         if len(bonds) == 0:
             raise ValueError("a bond prior needs at least one bond")
         self.register_buffer("bonds", bonds)
