@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from molscore.diffusion import VPSDE
+from molscore.geometry import dihedral, dihedral_cos_sin
 from molscore.models import DiffusionModel, ModelSpec, build_score_model
 from molscore.models.priors import (
     AnglePrior,
@@ -226,8 +227,11 @@ def test_dihedral_prior_holds_narrow_dihedrals_and_leaves_broad_ones_to_the_netw
     assert prior.active.tolist() == [1.0]
     assert abs(abs(float(prior.phi0)) - torch.pi) < 0.01 and abs(float(prior.var.sqrt()) - 0.1) < 0.005
     t_small = torch.full((1,), 1e-6, dtype=torch.float64)
-    cos, sin = prior.cos_sin(planar[:1])
-    phi = torch.atan2(sin, cos)
+    phi = dihedral(planar[:1], prior.dihedrals)  # the shared dihedral, as the CVs compute it
+    cos, sin = dihedral_cos_sin(planar, prior.dihedrals)
+    phi_all = dihedral(planar, prior.dihedrals)
+    torch.testing.assert_close(torch.stack([cos, sin]), torch.stack([phi_all.cos(), phi_all.sin()]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(phi_all[:, 0], dihedral(planar, prior.dihedrals[0]), rtol=0, atol=0)  # (D, 4) == (4,)
     expected = (1 - torch.cos(phi - prior.phi0)) / prior.var
     torch.testing.assert_close(prior(planar[:1], t_small), expected[:, 0], rtol=1e-3, atol=1e-8)
     cis = planar[:1].clone()  # bead 3 reflected through the plane of beads 0, 1, 2 and turned: dihedral near 0
@@ -242,3 +246,7 @@ def test_dihedral_prior_holds_narrow_dihedrals_and_leaves_broad_ones_to_the_netw
     assert all(a > b for a, b in zip(energies, energies[1:], strict=False)) and energies[-1] < 1e-3  # fades with noise
     with pytest.raises(ValueError, match="no dihedral"):
         DihedralPrior([[0, 1], [1, 2]], 3)
+    with pytest.raises(ValueError, match="3-D coordinates"):
+        build_score_model(
+            ModelSpec(n_particles=4, dim=2, network="mlp", bonds=[[0, 1], [1, 2], [2, 3]], dihedral_prior=True)
+        )

@@ -30,10 +30,11 @@ rates) by classification against equilibrium starts; the shooting cost counts as
 With ``--learned STEPS`` also (7) two-way shooting with a learned force field: an all-atom energy model with
 Fokker-Planck regularisation (small equivariant GNN with bond, angle, repulsion and dihedral priors, ``LEARNED``)
 trained by the package's pipeline for STEPS steps on the vacuum MD of step (1) (or loaded from
-``--out/learned_model``), starting paths pulled towards C7ax in the learned force field, ``--learned-chains`` x ``--learned-moves`` (burn-in scaled from ``--burn-in``), every frame kept; ETS,
-the energy at the dividing surface, RMSD and transition time of its paths are measured with the reference force field
-(so the row compares with the others), energy evaluations count the learned model's. If the learned force field gives
-no C7ax path (none pulled there, or no trial path accepted), the row and the printout say so.
+``--out/learned_model``), starting paths pulled towards C7ax in the learned force field, ``--learned-chains`` x
+``--learned-moves`` (burn-in scaled from ``--burn-in``), every frame kept; ETS, the energy at the dividing surface,
+RMSD and transition time of its paths are measured with the reference force field (so the row compares with the
+others), energy evaluations count the learned model's. If the learned force field gives no C7ax path (none pulled
+there, or no trial path accepted), the row and the printout say so.
 The path ensembles (after burn-in) as trajectories: ``<move>_paths.dcd`` with ``<move>_paths.dcd.csv`` (path, first
 frame, frames, steps, Monte Carlo weight).
 

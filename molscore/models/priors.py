@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from molscore.diffusion import VPSDE
+from molscore.geometry import dihedral_cos_sin
 
 
 class Prior(nn.Module):
@@ -237,7 +238,7 @@ class DihedralPrior(Prior):
         """Circular mean and spread of each dihedral in data ``x (M, N, 3)``; which are narrow; mean bond lengths."""
         super().fit(x, sde)
         with torch.no_grad():
-            cos, sin = self.cos_sin(x)
+            cos, sin = dihedral_cos_sin(x, self.dihedrals)
             mean = torch.complex(cos.mean(0), sin.mean(0))
             self.phi0.copy_(torch.angle(mean))
             self.var.copy_((-2 * torch.log(mean.abs().clamp(1e-12, 1.0))).clamp_min(1e-6))
@@ -246,21 +247,9 @@ class DihedralPrior(Prior):
             length2 = lambda a, b: (x[:, a] - x[:, b]).pow(2).sum(-1).mean(0)  # noqa: E731
             self.inverse_r2.copy_(1 / length2(i, j) + 1 / length2(j, k) + 1 / length2(k, m))
 
-    def cos_sin(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of the dihedrals, each ``(B, D)`` (smooth wherever the dihedral is defined)."""
-        if x.shape[-1] != 3:
-            raise ValueError(f"dihedrals need 3-D coordinates, got d = {x.shape[-1]}")
-        i, j, k, m = self.dihedrals.unbind(-1)
-        b1, b2, b3 = x[:, j] - x[:, i], x[:, k] - x[:, j], x[:, m] - x[:, k]
-        n1, n2 = torch.linalg.cross(b1, b2, dim=-1), torch.linalg.cross(b2, b3, dim=-1)
-        m1 = torch.linalg.cross(n1, b2, dim=-1) / (b2.pow(2).sum(-1, keepdim=True) + 1e-30).sqrt()
-        c, s = (n1 * n2).sum(-1), (m1 * n2).sum(-1)
-        norm = (c**2 + s**2 + 1e-30).sqrt()
-        return c / norm, s / norm
-
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         alpha2, sigma2 = self.alpha2_sigma2(t, x)
-        cos, sin = self.cos_sin(x)
+        cos, sin = dihedral_cos_sin(x, self.dihedrals)
         cos_dev = cos * torch.cos(self.phi0) + sin * torch.sin(self.phi0)  # cos(phi - phi0)
         spread = self.var + 4 * sigma2 / alpha2 * self.inverse_r2
         return (self.active * (1 - cos_dev) / spread).sum(-1)

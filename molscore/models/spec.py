@@ -64,6 +64,8 @@ def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
     wrapper = EnergyScore if parameterisation == "energy" else DirectScore
     if (spec.angle_prior or spec.repulsion_prior or spec.dihedral_prior) and not spec.bonds:
         raise ValueError("angle, repulsion and dihedral priors are defined by the bonds: give the spec's bonds too")
+    if spec.dihedral_prior and spec.dim != 3:
+        raise ValueError(f"a dihedral prior needs 3-D coordinates, got dim = {spec.dim}; drop dihedral_prior")
     priors = [BondPrior(spec.bonds)] if spec.bonds else []
     priors += [AnglePrior(spec.bonds, spec.n_particles)] if spec.angle_prior else []
     priors += [RepulsionPrior(spec.bonds, spec.n_particles)] if spec.repulsion_prior else []

@@ -17,15 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from molscore.geometry import dihedral
+
 KINDS = ("dihedral", "distance", "coordinate", "rmsd", "tica")
-
-
-def dihedral(pos: Tensor, quartet: Tensor) -> Tensor:
-    """Dihedral angles (B,), rad in [-pi, pi], of atoms ``quartet : (4,)`` in ``pos : (B, N, 3)`` nm."""
-    p0, p1, p2, p3 = (pos[:, i] for i in quartet.tolist())
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2  # the IUPAC convention, as mdtraj computes it
-    c1, c2 = torch.linalg.cross(b2, b3), torch.linalg.cross(b1, b2)
-    return torch.atan2((b1 * c1).sum(-1) * b2.norm(dim=-1), (c1 * c2).sum(-1))
 
 
 def cv_gradients(values: Tensor, pos: Tensor, create_graph: bool = False) -> Tensor:
