@@ -48,12 +48,12 @@ LABELS = {
 }  # fmt: skip
 SETTINGS = {  # full run vs the README's quick run
     "full": {
-        "train": {"steps": 20000, "batch_size": 256},
+        "train": {"steps": 200000, "batch_size": 256},
         "sample": {"n_samples": 5000, "n_steps": 200},
         "simulate": {"replicas": 32, "steps": 500000, "report_interval": 50},  # 1 ns at 2 fs (or --sim-minutes)
     },
     "quick": {  # ~11 min on 2 CPU cores: training and simulation have wall-clock caps
-        "train": {"steps": 1000, "batch_size": 128, "max_minutes": 2.5, "fit_steps_to_budget": True},
+        "train": {"steps": 50000, "batch_size": 256, "max_minutes": 2.5, "fit_steps_to_budget": True},
         "sample": {"n_samples": 1500, "n_steps": 100},
         "simulate": {"replicas": 32, "steps": 2500, "report_interval": 25, "max_minutes": 1.5},
     },
@@ -62,9 +62,9 @@ BASE = {
     "system": "alanine_dipeptide",
     "run_dir": "",
     "data": {"resolution": "backbone", "n_validation_replicas": 4, "n_test_replicas": 8},
-    "model": {"parameterisation": "energy", "network": "gnn",
-              "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2}},
-    "train": {"learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 250},
+    "model": {"parameterisation": "energy", "network": "bondgraph_mlp", "network_options": {"hidden": [128, 128, 128]}},
+    "train": {"learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 1000,
+              "time_sampling": "log_sigma"},
     "sample": {"method": "sde", "batch_size": 2048},
     "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq"},
 }  # fmt: skip

@@ -37,6 +37,13 @@ class VPSDE:
         # 1 - alpha^2 = -expm1(-int beta): accurate for t -> 0, where sigma^2 ~ beta_min t
         return torch.sqrt(-torch.expm1(-self.int_beta(_as_time(t))))
 
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        """The inverse of sigma(t): the diffusion time at which the noise level is ``sigma`` (in (0, 1))."""
+        int_beta = -torch.log1p(-sigma.pow(2))
+        slope = self.beta_max - self.beta_min
+        # int_beta = beta_min t + slope t^2 / 2, solved for t >= 0 in a form without cancellation at small t
+        return 2 * int_beta / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * slope * int_beta))
+
     def drift(self, x: Tensor, t) -> Tensor:
         """Forward drift f(x, t) = -1/2 beta(t) x."""
         return -0.5 * _per_sample(self.beta(t), x) * x

@@ -39,14 +39,19 @@ class DiffusionModel(nn.Module):
         self.spec, self.score_model, self.sde = spec, score_model, sde
         self.scale, self.kT = float(scale), float(kT)
 
+    def _first_float_tensor(self) -> Tensor | None:
+        """The first floating-point parameter or buffer (integer buffers, e.g. index lists, say nothing of dtype)."""
+        tensors = (*self.parameters(), *self.buffers())
+        return next((x for x in tensors if x.is_floating_point()), None)
+
     @property
     def dtype(self) -> torch.dtype:
-        tensor = next(iter(self.state_dict().values()), None)
+        tensor = self._first_float_tensor()
         return torch.get_default_dtype() if tensor is None else tensor.dtype
 
     @property
     def device(self) -> torch.device:
-        tensor = next(iter(self.state_dict().values()), None)
+        tensor = self._first_float_tensor()
         return torch.device("cpu") if tensor is None else tensor.device
 
     @property

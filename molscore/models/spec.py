@@ -9,9 +9,9 @@ from torch import nn
 from molscore.models.mlp import MLP
 from molscore.models.parameterisation import DirectScore, EnergyScore, MixtureOfExperts
 from molscore.models.priors import AnglePrior, BondPrior, DihedralPrior, NoisePrior, PriorSum, RepulsionPrior
-from molscore.nn import EquivariantGNN
+from molscore.nn import BondGraphMLP, BondGraphNet, EquivariantGNN
 
-NETWORKS = {"mlp": MLP, "gnn": EquivariantGNN}
+NETWORKS = {"mlp": MLP, "gnn": EquivariantGNN, "bondgraph": BondGraphNet, "bondgraph_mlp": BondGraphMLP}
 """Network constructors by name; each takes (n_particles, dim, output=..., **network_options)."""
 
 

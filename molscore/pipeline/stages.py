@@ -119,9 +119,12 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
     """The model spec of a run; graph networks get the beads' types from the data unless set."""
     m, options = cfg.model, dict(cfg.model.network_options)
     beads = _beads(cfg)
-    if m.network == "gnn" and beads is not None:
+    if m.network in ("gnn", "bondgraph") and beads is not None:
         options.setdefault("bead_types", beads["bead_types"])
     topology_file = Path(cfg.run_dir) / "data" / "beads.pdb"
+    if m.network in ("bondgraph", "bondgraph_mlp") and topology_file.exists():  # angles and torsions: from the bonds
+        bead_bonds = topology_bonds(mdtraj.load_topology(str(topology_file)))
+        options.setdefault("bonds", [[int(i), int(j)] for i, j in bead_bonds])
     priors = m.priors and topology_file.exists()
     if m.extra_priors and not priors:
         raise ValueError(

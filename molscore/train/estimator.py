@@ -23,6 +23,7 @@ from molscore.models.spec import ModelSpec, build_score_model
 from molscore.train.checkpoint import load_checkpoint, save_checkpoint
 from molscore.train.ema import EMA
 from molscore.train.losses import loss_terms
+from molscore.train.time_sampling import TIME_SAMPLINGS, sample_times
 
 
 @dataclass
@@ -33,6 +34,11 @@ class TrainConfig:
     fp_weight : alpha_FP of the Fokker-Planck term (0 switches it off)
     fp_fraction : share of each batch that also gets the FP residual (its cost scales with it)
     fp_step : finite-difference step of the Hutchinson divergence, relative to sigma(t)
+    time_sampling : p(t) of the training times within each stage's interval, "uniform" or "log_sigma"
+        (:mod:`molscore.train.time_sampling`: most samples at small t, where the force field lives)
+    uniform_time_fraction : with "log_sigma", the share of times drawn uniformly
+    log_sigma_min : with "log_sigma", the lowest noise level of the log-uniform part (:func:`sample_times`)
+    fp_time_sampling : p(t) of the FP subset of each batch ("uniform", as in the reference work, or "log_sigma")
     expert_step_fractions : relative step counts of the experts, from the LARGEST-t expert down
     scale : data scale in nm (None: the std of the centred training data)
     max_minutes : wall-clock budget of one ``fit`` call; when it runs out, training checkpoints and stops
@@ -52,6 +58,10 @@ class TrainConfig:
     fp_weight: float = 0.0
     fp_fraction: float = 1.0
     fp_step: float = 1e-2
+    time_sampling: str = "uniform"
+    uniform_time_fraction: float = 0.25
+    log_sigma_min: float = 0.01
+    fp_time_sampling: str = "uniform"
     expert_step_fractions: list[float] = field(default_factory=lambda: [1.0, 1.0, 4.0])
     scale: float | None = None
     checkpoint_every: int = 1000
@@ -81,6 +91,11 @@ class ScoreEstimator:
         dtype=torch.float32,
     ):
         self.spec, self.config, self.sde = spec, config or TrainConfig(), sde or VPSDE()
+        for key in ("time_sampling", "fp_time_sampling"):
+            if getattr(self.config, key) not in TIME_SAMPLINGS:
+                raise ValueError(f"train.{key} {getattr(self.config, key)!r} unknown; choose from {list(TIME_SAMPLINGS)}")
+        if not 0.0 <= self.config.uniform_time_fraction <= 1.0:
+            raise ValueError(f"train.uniform_time_fraction = {self.config.uniform_time_fraction}; it must lie in [0, 1]")
         self.device, self.dtype = torch.device(device), dtype
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
@@ -125,7 +140,8 @@ class ScoreEstimator:
 
     def _new_optimizer(self, stage: dict):
         params = self._trained_module(stage).parameters()
-        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        # foreach: one fused update over all parameters (the default on CPU loops over them in Python)
+        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay, foreach=True)
 
     def _learning_rate(self, step: int, stage: dict) -> float:
         cfg = self.config
@@ -180,13 +196,15 @@ class ScoreEstimator:
             for prior in (m for m in self.score_model.modules() if isinstance(m, Prior)):
                 prior.fit(x_data, self.sde)
             self.ema = EMA(self.score_model, self.config.ema_decay)  # the average starts from the fitted prior
-        deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+        began_fit = time.monotonic()
+        deadline = None if cfg.max_minutes is None else began_fit + 60.0 * cfg.max_minutes
+        replan = None
         if cfg.fit_steps_to_budget and cfg.max_minutes is not None and self.step == 0:
-            self._fit_steps_to(0.95 * 60.0 * cfg.max_minutes, x_data)
-        total = self.planned_steps
-        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
+            replan = self._fit_steps_to(0.95 * 60.0 * cfg.max_minutes, x_data)
+        bar = tqdm(total=self.planned_steps, initial=self.step, disable=not progress, desc="training", dynamic_ncols=True)
         self.stopped_early = False
-        while self.step < total:
+        began_loop = time.monotonic()
+        while self.step < self.planned_steps:
             if deadline is not None and time.monotonic() > deadline:
                 self.stopped_early = True
                 if ckpt is not None:
@@ -195,6 +213,10 @@ class ScoreEstimator:
             began = time.perf_counter()
             self._train_step(x_data)
             self.train_seconds += time.perf_counter() - began
+            if replan is not None and self.step >= replan["next"]:
+                self._replan(replan, time.monotonic() - began_loop, began_fit + 0.95 * 60.0 * cfg.max_minutes)
+                bar.total = self.planned_steps
+            total = self.planned_steps
             if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == total):
                 self.history["val_step"].append(self.step)
                 self.history["val"].append(self.validation_loss(x_val))
@@ -208,10 +230,14 @@ class ScoreEstimator:
         bar.close()
         return self
 
-    def _fit_steps_to(self, seconds: float, x_data: Tensor, repeats: int = 5) -> None:
+    def _fit_steps_to(self, seconds: float, x_data: Tensor, repeats: int = 5) -> dict:
         """Lower ``planned_steps`` so that training takes about ``seconds``: one timed forward + backward pass
-        of each stage (after a warm-up; no parameter changes), weighted by the stage's share of the steps."""
-        cost = 0.0
+        of each stage (after a warm-up; no parameter changes), weighted by the stage's share of the steps.
+
+        The micro-timing misses the loop around the network (optimiser, EMA, validation) and the machine's load,
+        so the plan is corrected once by the measured time of the first steps (:meth:`_replan`); returns what
+        that correction needs."""
+        cost, costs = 0.0, []
         for stage in self._stages:
             module = self._trained_module(stage)
             gen = torch.Generator(device=self.device).manual_seed(987654321)
@@ -221,19 +247,51 @@ class ScoreEstimator:
                 self._loss(module, stage, x_data, gen)[0].backward()
                 times.append(time.perf_counter() - began)
             module.zero_grad(set_to_none=True)
-            cost += sorted(times[1:])[repeats // 2] * (stage["stop"] - stage["start"]) / self.planned_steps
+            costs.append(sorted(times[1:])[repeats // 2])
+            cost += costs[-1] * (stage["stop"] - stage["start"]) / self.planned_steps
         self.planned_steps = max(1, min(self.config.steps, int(seconds / (1.3 * cost))))  # 30%: EMA, optimiser, validation
         self._stages = self._plan_stages()
+        plan = {"costs": costs, "fractions": [0.05, 0.25, 0.5]}
+        plan["next"] = max(20, int(plan["fractions"].pop(0) * self.planned_steps))
+        return plan
+
+    def _replan(self, plan: dict, elapsed: float, soft_deadline: float) -> None:
+        """Re-plan the steps from the time the loop took so far (``elapsed`` s for ``self.step`` steps): the timed
+        cost of every stage is scaled by (elapsed / timed cost of the steps done), and the schedule is fitted to the
+        time left before ``soft_deadline``. Called at 5%, 25% and 50% of the plan, so the learning-rate schedule
+        and the experts' shares stay as planned while the total adapts to the machine."""
+        timed = sum(plan["costs"][k] * (min(self.step, s["stop"]) - s["start"]) for k, s in enumerate(self._stages)
+                    if self.step > s["start"])  # fmt: skip
+        factor, left = elapsed / max(timed, 1e-12), soft_deadline - time.monotonic()
+
+        def time_left(planned: int) -> float:  # seconds the steps after this one take under a plan of `planned`
+            self.planned_steps = planned
+            self._stages = self._plan_stages()
+            stages = zip(plan["costs"], self._stages, strict=True)
+            return factor * sum(c * max(0, s["stop"] - max(self.step, s["start"])) for c, s in stages)
+
+        lo, hi = self.step + 1, max(self.step + 1, self.config.steps)
+        while lo < hi:  # the largest plan whose remaining steps fit the time left
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if time_left(mid) <= left else (lo, mid - 1)
+        time_left(lo)
+        plan["next"] = int(plan["fractions"].pop(0) * self.planned_steps) if plan["fractions"] else float("inf")
 
     def _loss(self, module, stage: dict, x_data: Tensor, gen: torch.Generator):
         """(loss, dsm, fp) of one batch drawn with ``gen``."""
         cfg = self.config
         idx = torch.randint(len(x_data), (cfg.batch_size,), generator=gen, device=self.device)
-        lo, hi = stage["t_range"]
-        t = lo + (hi - lo) * torch.rand(cfg.batch_size, generator=gen, device=self.device, dtype=self.dtype)
-        eps = self.sde.noise(x_data[idx].shape, self.spec.centred, gen, self.dtype, self.device)
         use_fp = cfg.fp_weight > 0 and stage["expert"] in (None, 0)
         fp_count = max(1, round(cfg.fp_fraction * cfg.batch_size)) if use_fp else 0
+        # the FP subset (the first fp_count samples) draws its own times: the residual grows like 1 / sigma^2 as
+        # t -> 0, so the small-t-heavy DSM distribution would hand the FP term its most violent samples
+        t = torch.cat([
+            sample_times(self.sde, fp_count, stage["t_range"], cfg.fp_time_sampling, cfg.uniform_time_fraction,
+                         cfg.log_sigma_min, gen, self.dtype, self.device),
+            sample_times(self.sde, cfg.batch_size - fp_count, stage["t_range"], cfg.time_sampling,
+                         cfg.uniform_time_fraction, cfg.log_sigma_min, gen, self.dtype, self.device),
+        ])  # fmt: skip
+        eps = self.sde.noise(x_data[idx].shape, self.spec.centred, gen, self.dtype, self.device)
         terms = loss_terms(module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen)
         dsm = terms.dsm.mean()
         fp = terms.fp.mean() if terms.fp is not None else torch.zeros((), device=self.device)
@@ -258,7 +316,7 @@ class ScoreEstimator:
         self._optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip, foreach=True)
         for group in self._optimizer.param_groups:
             group["lr"] = self._learning_rate(self.step - 1, stage)
         self._optimizer.step()

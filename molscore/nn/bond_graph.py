@@ -1,0 +1,253 @@
+"""A fast, torsion-aware, chiral graph network on invariants of the bond graph (``NETWORKS["bondgraph"]``).
+
+Same interface as :class:`molscore.nn.gnn.EquivariantGNN`: ``net(x : (B, N, 3), t : (B,))`` returns energies
+``(B,)`` (``output="energy"``). Messages are scalars only, so a training step (energy, forces by autograd and a
+backward through them) costs milliseconds on a CPU where tensor products cost hundreds (measured in
+``workflows/benchmarks/network_cost.py``). Three kinds of invariant enter the messages:
+
+- pair distances r_ij of every pair (a full graph; pairs beyond ``cutoff`` contribute exactly zero through the
+  smooth envelope of :class:`~molscore.nn.radial.RadialEmbedding`, so it acts as a radius graph);
+- bond angles: cos(theta) of every pair of bonds i-j, j-k;
+- torsions: for every bonded quartet i-j-k-l with bond vectors b1, b2, b3, the complex number
+
+      z = [(b1 x b2) . (b2 x b3) + i |b2| b1 . (b2 x b3)] / (|b1| |b2|^2 |b3|) = sin(theta1) sin(theta2) e^{i phi}
+
+  and its powers z^2, z^3 (Re and Im). Unlike (cos phi, sin phi), z is smooth everywhere the bonds have length:
+  where three beads are collinear phi is undefined, and z goes to zero there with the bond-angle envelope
+  sin(theta1) sin(theta2) instead of jumping. Im z^m changes sign under a reflection, so the energy is chiral
+  (SE(3)-invariant, not E(3)), as molecules of L-amino acids need.
+
+Symmetries: translations and rotations (only invariants enter), exchange of beads of equal type (sums over pairs,
+angles and quartets; the angle and quartet lists follow the bond graph), and not reflection.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from molscore.nn.embedding import TimeEmbedding
+from molscore.nn.radial import RadialEmbedding
+from molscore.topology import bond_angles, proper_dihedrals
+
+EPS = 1e-12
+
+
+def _check_bonds(bonds, n_particles: int) -> list[list[int]]:
+    """The bond list as int pairs; an error if it is missing or malformed (without bonds there are no angles or
+    torsions, and the network would silently be blind to chirality)."""
+    if not bonds:
+        raise ValueError(
+            "the bond-graph networks need the molecule's bonds (network_options.bonds, bead index pairs); the "
+            "pipeline sets them from the bead topology (data/beads.pdb) of molecular data"
+        )
+    bonds = [[int(i), int(j)] for i, j in bonds]
+    if any(not (0 <= i < n_particles and 0 <= j < n_particles and i != j) for i, j in bonds):
+        raise ValueError(f"bonds must be pairs of distinct bead indices in [0, {n_particles}), got {bonds}")
+    return bonds
+
+
+def _norm(v: Tensor) -> Tensor:
+    return (v.pow(2).sum(-1) + EPS).sqrt()
+
+
+def torsion_features(x: Tensor, quartets: Tensor, harmonics: int = 3) -> Tensor:
+    """Re and Im of z^m, m = 1 .. harmonics, z = sin(theta1) sin(theta2) e^{i phi}, ``(Q, B, 2 harmonics)``.
+
+    ``x : (N, B, 3)`` (node-major); ``quartets : (Q, 4)``. Smooth wherever the three bonds have non-zero length,
+    zero where a bond angle is 0 or pi (see module docstring).
+    """
+    i, j, k, m = quartets.unbind(-1)
+    b1, b2, b3 = x[j] - x[i], x[k] - x[j], x[m] - x[k]
+    n1, n2 = torch.linalg.cross(b1, b2, dim=-1), torch.linalg.cross(b2, b3, dim=-1)
+    l2 = _norm(b2)
+    scale = _norm(b1) * l2 * l2 * _norm(b3)
+    re, im = (n1 * n2).sum(-1) / scale, (b1 * n2).sum(-1) * l2 / scale
+    out, zr, zi = [], re, im
+    for _ in range(harmonics):
+        out += [zr, zi]
+        zr, zi = zr * re - zi * im, zr * im + zi * re
+    return torch.stack(out, dim=-1)
+
+
+def angle_cosines(x: Tensor, triples: Tensor) -> Tensor:
+    """cos of the angle at j of every triple (i, j, k), ``(A, B)``; ``x : (N, B, 3)`` (node-major)."""
+    i, j, k = triples.unbind(-1)
+    u, v = x[i] - x[j], x[k] - x[j]
+    return (u * v).sum(-1) / (_norm(u) * _norm(v))
+
+
+class BondGraphNet(nn.Module):
+    """Scalar message passing over pairs, bond angles and bonded torsions (see module docstring).
+
+    Parameters
+    ----------
+    n_particles : N, beads per conformation
+    dim : must be 3
+    output : "energy" (the only output: use it with the energy parameterisation)
+    bonds : bead index pairs of the bond graph (angles and torsions are built from it); required
+    bead_types : N ints, the type of each bead (default: all 0)
+    n_types : size of the type vocabulary (default: max(bead_types) + 1)
+    hidden : width of the node, edge, angle and torsion features
+    n_layers : message-passing layers
+    n_radial : Gaussians of the distance basis
+    cutoff : distance beyond which pairs do not interact, input units (diffusion coordinates: nm / scale)
+    harmonics : powers of z in the torsion features
+    time_embedding_dim : width of the diffusion-time embedding
+    sigma_floor : noise level below which the time features stop changing
+        (:func:`~molscore.nn.embedding.noise_level_features`)
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        dim: int = 3,
+        output: str = "energy",
+        bonds: list[list[int]] | None = None,
+        bead_types: list[int] | None = None,
+        n_types: int | None = None,
+        hidden: int = 64,
+        n_layers: int = 2,
+        n_radial: int = 16,
+        cutoff: float = 8.0,
+        harmonics: int = 3,
+        time_embedding_dim: int = 16,
+        sigma_floor: float = 0.02,
+    ):
+        super().__init__()
+        if dim != 3:
+            raise ValueError(f"the bond-graph network works in 3-D space, got dim={dim}; use network 'mlp'")
+        if output != "energy":
+            raise ValueError(f"the bond-graph network has an energy output only, got output={output!r}; use "
+                             "parameterisation 'energy' or network 'gnn' for a direct score")  # fmt: skip
+        if n_layers < 1 or hidden < 1 or harmonics < 1:
+            raise ValueError(f"need n_layers, hidden, harmonics >= 1, got {n_layers}, {hidden}, {harmonics}")
+        bead_types = [0] * n_particles if bead_types is None else [int(b) for b in bead_types]
+        if len(bead_types) != n_particles:
+            raise ValueError(f"bead_types has {len(bead_types)} entries; the system has {n_particles} beads")
+        bonds = _check_bonds(bonds, n_particles)
+        n_types = max(bead_types, default=0) + 1 if n_types is None else n_types
+        self.n_particles, self.harmonics = n_particles, harmonics
+        pairs = torch.ones(n_particles, n_particles, dtype=torch.bool).triu(1).nonzero()
+        # index buffers are not persistent: they follow from the options, and integer tensors in the state dict
+        # would only be saved and loaded for nothing
+        self.register_buffer("types", torch.tensor(bead_types, dtype=torch.long), persistent=False)
+        self.register_buffer("pairs", pairs, persistent=False)
+        self.register_buffer("triples", bond_angles(bonds, n_particles), persistent=False)
+        self.register_buffer("quartets", proper_dihedrals(bonds, n_particles), persistent=False)
+        self.radial = RadialEmbedding(cutoff, n_radial)
+        self.time_embedding = TimeEmbedding(time_embedding_dim, sigma_floor=sigma_floor)
+        self.type_embedding = nn.Embedding(n_types, hidden)
+        n_angle = 8
+        self.register_buffer("angle_centres", torch.linspace(-1.0, 1.0, n_angle), persistent=False)
+        # filters of every layer at once, one linear map per kind of interaction
+        self.pair_filters = nn.Linear(n_radial, n_layers * hidden)
+        self.angle_filters = nn.Linear(n_angle, n_layers * hidden)
+        self.torsion_filters = nn.Sequential(
+            nn.Linear(2 * harmonics, hidden), nn.SiLU(), nn.Linear(hidden, n_layers * hidden)
+        )
+        self.layers = nn.ModuleList([_Layer(hidden, time_embedding_dim) for _ in range(n_layers)])
+        self.readout = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def filters(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per layer, the filters of pairs ``(P, B, hidden)``, angles ``(A, B, hidden)`` and torsions ``(Q, B, hidden)``
+        of node-major positions ``x : (N, B, 3)``."""
+        i, j = self.pairs.unbind(-1)
+        basis, envelope = self.radial(_norm(x[j] - x[i]))
+        cos = angle_cosines(x, self.triples)
+        angle = torch.exp(-(((cos[..., None] - self.angle_centres) / 0.25) ** 2))
+        n = len(self.layers)
+        pair = self.pair_filters(basis).mul(envelope[..., None]).chunk(n, dim=-1)
+        angle = self.angle_filters(angle).chunk(n, dim=-1)
+        torsion = self.torsion_filters(torsion_features(x, self.quartets, self.harmonics)).chunk(n, dim=-1)
+        return list(zip(pair, angle, torsion, strict=True))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x : (B, N, 3)`` diffusion coordinates, ``t : (B,)`` -> energies ``(B,)`` in kT."""
+        if x.ndim != 3 or x.shape[1:] != (self.n_particles, 3):
+            raise ValueError(f"input has shape {tuple(x.shape)}; this network expects (B, {self.n_particles}, 3)")
+        t = torch.as_tensor(t, device=x.device).to(x.dtype).reshape(-1).expand(len(x))
+        t_emb = self.time_embedding(t)
+        x = x.transpose(0, 1)  # node-major (N, B, 3): gathers and scatters over beads move contiguous slabs
+        h = self.type_embedding(self.types)[:, None].expand(-1, len(t), -1)  # (N, B, hidden)
+        for layer, w in zip(self.layers, self.filters(x), strict=True):
+            h = layer(h, t_emb, w, self.pairs, self.triples, self.quartets)
+        return self.readout(h).sum(dim=(0, 2))
+
+
+class _Layer(nn.Module):
+    """One round of messages: a pair i-j sends w * s_j to i (and w * s_i to j), an angle a-apex-c sends
+    w * (s_a + s_c) to its apex, a torsion i-j-k-l sends w * (s_i + s_l) to j and to k."""
+
+    def __init__(self, hidden: int, time_dim: int):
+        super().__init__()
+        self.time = nn.Linear(time_dim, hidden)
+        self.source = nn.Linear(hidden, hidden)
+        self.update = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, h, t_emb, w, pairs, triples, quartets):
+        """Node-major ``h : (N, B, hidden)``, filters ``w`` of :meth:`BondGraphNet.filters` -> ``(N, B, hidden)``."""
+        h_t = h + self.time(t_emb)
+        s = self.source(nn.functional.silu(h_t))
+        w_pair, w_angle, w_torsion = w
+        i, j = pairs.unbind(-1)
+        agg = torch.zeros_like(h_t).index_add(0, i, w_pair * s[j]).index_add(0, j, w_pair * s[i])
+        if len(triples):
+            a, apex, c = triples.unbind(-1)
+            agg = agg.index_add(0, apex, w_angle * (s[a] + s[c]))
+        if len(quartets):
+            qi, qj, qk, ql = quartets.unbind(-1)
+            m = w_torsion * (s[qi] + s[ql])
+            agg = agg.index_add(0, qj, m).index_add(0, qk, m)
+        return h + self.update(torch.cat([h_t, agg], dim=-1))
+
+
+class BondGraphMLP(nn.Module):
+    """The invariants of :class:`BondGraphNet` (all pair distances, bond-angle cosines, torsion powers z^m),
+    concatenated per frame and fed with the time embedding through an MLP: ``(B, N, 3), (B,) -> (B,)``.
+
+    Chiral, rotation and translation invariant, but each invariant has its own input slot, so beads are not
+    exchangeable; the cheapest choice for a small molecule with a fixed bead order (a training step costs
+    a few milliseconds at 5 beads). Parameters as :class:`BondGraphNet`; ``hidden`` is a tuple of widths.
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        dim: int = 3,
+        output: str = "energy",
+        bonds: list[list[int]] | None = None,
+        bead_types: list[int] | None = None,
+        hidden=(128, 128, 128),
+        harmonics: int = 3,
+        time_embedding_dim: int = 16,
+        sigma_floor: float = 0.02,
+    ):
+        super().__init__()
+        if dim != 3 or output != "energy":
+            raise ValueError(f"the bond-graph MLP is a 3-D energy network, got dim={dim}, output={output!r}")
+        bonds = _check_bonds(bonds, n_particles)
+        self.n_particles, self.harmonics = n_particles, harmonics
+        self.register_buffer("pairs", torch.ones(n_particles, n_particles, dtype=torch.bool).triu(1).nonzero(),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("triples", bond_angles(bonds, n_particles), persistent=False)
+        self.register_buffer("quartets", proper_dihedrals(bonds, n_particles), persistent=False)
+        self.time_embedding = TimeEmbedding(time_embedding_dim, sigma_floor=sigma_floor)
+        width = len(self.pairs) + len(self.triples) + 2 * harmonics * len(self.quartets) + time_embedding_dim
+        layers: list[nn.Module] = []
+        for w in hidden:
+            layers += [nn.Linear(width, w), nn.SiLU()]
+            width = w
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if x.ndim != 3 or x.shape[1:] != (self.n_particles, 3):
+            raise ValueError(f"input has shape {tuple(x.shape)}; this network expects (B, {self.n_particles}, 3)")
+        t = torch.as_tensor(t, device=x.device).to(x.dtype).reshape(-1).expand(len(x))
+        x = x.transpose(0, 1)
+        i, j = self.pairs.unbind(-1)
+        features = [
+            _norm(x[j] - x[i]).T,
+            angle_cosines(x, self.triples).T,
+            torsion_features(x, self.quartets, self.harmonics).permute(1, 0, 2).flatten(1),
+            self.time_embedding(t),
+        ]
+        return self.mlp(torch.cat(features, dim=-1))[:, 0]

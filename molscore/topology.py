@@ -1,0 +1,51 @@
+"""The bond graph of a molecule's beads: its angles, proper dihedrals and non-bonded pairs.
+
+Every function takes bead index pairs ``bonds`` (M, 2) and returns index tensors (int64) in a fixed order, so
+priors and networks built from the same bonds see the same lists.
+"""
+
+import torch
+from torch import Tensor
+
+
+def _pairs(bonds) -> Tensor:
+    return torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2)
+
+
+def _bonded_neighbours(bonds: Tensor, n_particles: int) -> list[set[int]]:
+    """The beads bonded to each bead, from bead index pairs ``bonds (M, 2)``."""
+    neighbours = [set() for _ in range(n_particles)]
+    for i, j in bonds.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    return neighbours
+
+
+def bond_angles(bonds, n_particles: int) -> Tensor:
+    """Bead triples ``(A, 3)`` (i, j, k), i < k, of every angle between two bonds i-j and j-k."""
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
+    triples = [(i, j, k) for j in range(n_particles) for i in sorted(neighbours[j]) for k in sorted(neighbours[j]) if i < k]
+    return torch.tensor(triples, dtype=torch.long).reshape(-1, 3)
+
+
+def nonbonded_pairs(bonds, n_particles: int) -> Tensor:
+    """Bead pairs ``(P, 2)``, i < j, more than two bonds apart (neither bonded nor sharing a bonded neighbour)."""
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
+    close = [neighbours[i] | set().union(*(neighbours[j] for j in neighbours[i])) for i in range(n_particles)]
+    pairs = [(i, j) for i in range(n_particles) for j in range(i + 1, n_particles) if j not in close[i]]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def proper_dihedrals(bonds, n_particles: int) -> Tensor:
+    """Bead quadruples ``(D, 4)`` (i, j, k, l) of every proper dihedral: bonds i-j, j-k, k-l, i != l, one per
+    central bond and end pair."""
+    bonds = _pairs(bonds)
+    neighbours = _bonded_neighbours(bonds, n_particles)
+    quads = [
+        (i, j, k, m)
+        for j, k in bonds.tolist()
+        for i in sorted(neighbours[j] - {k})
+        for m in sorted(neighbours[k] - {j})
+        if i != m
+    ]
+    return torch.tensor(quads, dtype=torch.long).reshape(-1, 4)
