@@ -42,4 +42,11 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
             assert np.isfinite(floor["js_mean"]) and 0 <= floor["js_mean"] <= np.log(2) + 1e-9
             assert 0 <= metrics["molecular"][kind]["phi_positive"]["p"] <= 1
         assert metrics["sim_status"]["stable"] and metrics["molecular"]["sim"]["bond_w1_mean_nm"] < 0.01
-        assert float(row["iid JS (MD floor)"].split()[0]) == pytest.approx(metrics["iid"]["js"], abs=1e-4)
+        assert float(row["iid JS (floor)"].split()[0]) == pytest.approx(metrics["iid"]["js"], abs=1e-4)
+        # the iid floor is N training frames against the test replicas; the ratio is the model's JS over it
+        floor = metrics["molecular"]["iid"]["floor_training"]
+        assert floor["n"] == 200 and float(row["iid / floor"]) == pytest.approx(metrics["iid"]["js"] / floor["js_mean"])
+        # the force-field diagnostic: pooled error at t_min and at the noised times, and its figure
+        assert set(metrics["forcefield"]) == {"t_min", "t=0.01", "t=0.05", "t=0.1"} and (run / "forcefield.png").is_file()
+        assert metrics["forcefield"]["t_min"]["n_bins"] > 0 and float(row["FF error (kT)"]) >= 0
+    assert "of the test frames" in (out / "table.md").read_text()  # the slow basin's coverage of the data

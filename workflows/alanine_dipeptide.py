@@ -160,20 +160,29 @@ def stability(metrics: dict) -> str:
 def table_row(name: str, metrics: dict, summary: dict) -> dict:
     mol = metrics.get("molecular", {})
 
+    def floor_of(kind):  # iid: N random training frames (the data reproduced exactly); sim: MD at MD's own tau
+        return mol.get(kind, {}).get("floor_training" if kind == "iid" else "floor", mol.get(kind, {}).get("floor"))
+
     def js_with_floor(kind):
         if kind not in metrics or kind not in mol:
             return ""
-        floor = mol[kind]["floor"]  # one draw (no spread) when the validation replicas hold fewer frames than asked
+        floor = floor_of(kind)  # one draw (no spread) when the validation replicas hold fewer frames than asked
         spread = f" +- {floor['js_std']:.4f}" if np.isfinite(floor["js_std"]) else ""
         return f"{metrics[kind]['js']:.4f} ({floor['js_mean']:.4f}{spread})"
+
+    def ratio(kind):
+        return metrics[kind]["js"] / floor_of(kind)["js_mean"] if kind in metrics and kind in mol else None
 
     def phi(kind):
         return format_with_error(mol[kind]["phi_positive"]["p"], mol[kind]["phi_positive"]["err"]) if kind in mol else ""
 
     return {
         "model": LABELS[name],
-        "iid JS (MD floor)": js_with_floor("iid"),
-        "sim JS (MD floor)": js_with_floor("sim"),
+        "iid JS (floor)": js_with_floor("iid"),
+        "iid / floor": ratio("iid"),
+        "sim JS (floor)": js_with_floor("sim"),
+        "sim / floor": ratio("sim"),
+        "FF error (kT)": metrics.get("forcefield", {}).get("t_min", {}).get("mae"),
         "iid PMF": metrics.get("iid", {}).get("pmf"),
         "sim PMF": metrics.get("sim", {}).get("pmf"),
         "phi>0 MD": phi("md"),
@@ -186,6 +195,17 @@ def table_row(name: str, metrics: dict, summary: dict) -> dict:
         "train steps": summary.get("steps"),
         "train s": summary.get("train_seconds"),
     }
+
+
+def basin_note(train: np.ndarray, test: np.ndarray) -> str:
+    """One line on the slow basin (phi > 0) in the data: its share of the training and test frames, and a warning
+    when one split never visits it (JS against such a split cannot reward or punish that basin)."""
+    p_train, p_test = float((train[:, 0] > 0).mean()), float((test[:, 0] > 0).mean())
+    line = f"phi > 0 holds {100 * p_train:.2f}% of the training frames and {100 * p_test:.2f}% of the test frames."
+    for name, p in (("training", p_train), ("test", p_test)):
+        if p == 0:
+            line += f" The {name} replicas never visit phi > 0: the metrics cannot judge that basin."
+    return line
 
 
 def main(argv=None) -> Path:
@@ -225,6 +245,8 @@ def main(argv=None) -> Path:
             profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
         ramachandran[LABELS[name]] = panels
     md_path, _ = write_table(rows, out / "table")
+    with open(md_path, "a") as table:
+        table.write("\n" + basin_note(angles(np.load(shared / "train.npy")), md) + "\n")
     ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
     line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")
     print(md_path.read_text())

@@ -266,6 +266,30 @@ def floor_2d(
     }
 
 
+def training_draw_floor(
+    training_xy,
+    reference_xy,
+    n: int,
+    bins: int | Sequence[int] = 64,
+    range: Range2D | None = None,
+    n_draws: int = 20,
+    seed: int = 0,
+) -> dict:
+    """The iid floor of a model trained on ``training_xy``: JS and PMF of ``n`` frames drawn at random from the
+    training data against the reference, ``n_draws`` times: the score of a model that reproduces its training
+    data exactly, at the model's sample count. Returns :func:`summarise_comparisons` of the draws plus ``n``."""
+    t = _check_xy(training_xy, "training_xy")
+    if int(n) != n or not 1 <= n <= len(t):
+        raise ValueError(f"n = {n!r}: need 1 <= n <= {len(t)} (the training frames)")
+    rng = np.random.default_rng(seed)
+    res = [
+        compare_2d(t[rng.choice(len(t), int(n), replace=False)], reference_xy, bins, range) for _ in builtins.range(n_draws)
+    ]
+    out = summarise_comparisons(res) | {"n": int(n), "n_draws": n_draws}
+    out.pop("js", None), out.pop("pmf", None)
+    return out
+
+
 def bootstrap(
     metric_fn: Callable[[np.ndarray, np.ndarray], float], samples, reference, n_boot: int = 20, seed: int = 0
 ) -> tuple[float, float]:

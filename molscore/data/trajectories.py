@@ -119,3 +119,18 @@ def silenced_stdout():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+def md_frame_interval_ps(folder, stride: int = 1) -> float | None:
+    """Time between the frames of an MD folder as the pipeline reads it (every ``stride``-th frame), ps, from its
+    ``manifest.yaml`` (a reduced copy's ``export`` entry counts its own stride); None without a manifest."""
+    import yaml
+
+    manifest_file = Path(folder) / "manifest.yaml"
+    if not manifest_file.is_file():
+        return None
+    manifest = yaml.safe_load(manifest_file.read_text()) or {}
+    interval = float(manifest.get("frame_interval_ps", 1.0))
+    export = manifest.get("export") or {}
+    interval = float(export.get("frame_interval_ps", interval * int(export.get("stride", 1))))
+    return interval * stride

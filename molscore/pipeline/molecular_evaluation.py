@@ -21,6 +21,7 @@ import numpy as np
 
 from molscore.analysis.autocorrelation import tau_with_window
 from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.distributions import training_draw_floor
 from molscore.analysis.molecular import (
     basin_population,
     bond_length_w1,
@@ -99,6 +100,9 @@ def molecular_metrics(
     bins: int = 64,
     hist_range=None,
     n_draws: int = 20,
+    training: np.ndarray | None = None,
+    sim_frame_ps: float | None = None,
+    md_frame_ps: float | None = None,
 ) -> dict:
     """Metrics and plots of one run (see module docstring).
 
@@ -111,6 +115,12 @@ def molecular_metrics(
     simulation : (frames, B, N, 3) nm simulation frames after burn-in, or None
     bins, hist_range : histogram settings of the JS / PMF comparison
     n_draws : random draws of the MD floor
+    training : (M', N, 3) nm training frames: the iid floor of a model that reproduces them exactly
+        (``iid.floor_training``, at the sample count)
+    sim_frame_ps, md_frame_ps : time between simulation frames and between MD frames, ps: with both, the
+        simulation's floor is MD's at the same total simulated time with MD's own correlation time (a simulation
+        that stays stuck, with a long correlation time of its own, must not earn an easier floor); without them,
+        the simulation's own correlation time sets it
 
     Returns
     -------
@@ -152,6 +162,8 @@ def molecular_metrics(
     if samples is not None:
         iid = cvs(samples)
         out["iid"] = compare(samples, basin_population(iid[:, 0]), len(samples))
+        if training is not None:
+            out["iid"]["floor_training"] = training_draw_floor(cvs(training), ref, len(samples), bins, hist_range, n_draws)
         if topology.n_atoms == system.n_particles:  # all atoms: score the samples with the reference force field
             out["iid"]["reference_energy"] = reference_energy_comparison(system, samples, test)
         profiles["samples"] = free_energy_profile(iid[:, 0], bins)
@@ -161,7 +173,11 @@ def molecular_metrics(
         sim = cvs(flat).reshape(n_frames, n_replicas, -1)
         tau_sim, sim_converged = slowest_tau([sim[:, b] for b in range(n_replicas)])
         owner = np.tile(np.arange(n_replicas), n_frames)  # frame-major flattening
-        entry = compare(flat, basin_population(sim[..., 0].ravel(), owner), n_frames * n_replicas / tau_sim)
+        n_effective = n_frames * n_replicas / tau_sim  # by the simulation's own correlation time
+        if sim_frame_ps and md_frame_ps:  # by MD's: the simulated time over MD's correlation time
+            n_effective = n_frames * n_replicas * sim_frame_ps / (tau_md * md_frame_ps)
+        entry = compare(flat, basin_population(sim[..., 0].ravel(), owner), n_effective)
+        entry["n_effective_own_tau"] = n_frames * n_replicas / tau_sim
         lengths = bond_lengths(flat, bonds) if len(bonds) else np.zeros((1, 1))
         entry |= {"tau_frames": tau_sim, "tau_converged": sim_converged, "finite": bool(np.isfinite(simulation).all())}
         entry["bond_range_nm"] = [float(lengths.min()), float(lengths.max())]

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import yaml
 
-from molscore.analysis.collective_variables import compute_cvs, in_state
+from molscore.analysis.collective_variables import compute_cvs, cv_atom_indices, in_state
 from molscore.analysis.distributions import compare_2d
+from molscore.analysis.forcefield_diagnostic import forcefield_diagnostic
 from molscore.analysis.molecular import topology_bonds
 from molscore.analysis.plots import density_panels, line_plot
 from molscore.config import dump_config
 from molscore.data.splits import write_molecular_splits
-from molscore.data.trajectories import md_replica_files
+from molscore.data.trajectories import md_frame_interval_ps, md_replica_files
 from molscore.dynamics import (
     BAOAB,
     SeededNoise,
@@ -300,6 +301,21 @@ def _start_frames(cfg: RunConfig, system: System) -> np.ndarray:
 
 
 # evaluate ------------------------------------------------------------------------------------------------
+def forcefield_metrics(cfg: RunConfig, system: System) -> dict | None:
+    """The force-field diagnostic of an energy model of a molecule whose first two CVs are dihedrals
+    (:mod:`molscore.analysis.forcefield_diagnostic`: free-energy differences along each torsion against the test
+    MD, at t_min and at larger t against noised MD); writes ``forcefield.png``. None where it does not apply."""
+    run_dir, cvs = Path(cfg.run_dir), list(system.collective_variables.items())[:2]
+    model = _load_model(cfg)
+    if model.parameterisation != "energy" or len(cvs) < 2 or any(set(spec) != {"dihedral"} for _, spec in cvs):
+        return None
+    topology = mdtraj.load_topology(str(_need(run_dir / "data" / "beads.pdb", "data")))
+    quartets = {name: [int(i) for i in cv_atom_indices(topology, spec)] for name, spec in cvs}
+    frames = torch.as_tensor(_load_split(cfg, "test"), dtype=model.dtype, device=model.device)
+    bonds = [[int(i), int(j)] for i, j in topology_bonds(topology)]
+    return forcefield_diagnostic(model, frames, quartets, bonds, plot_path=run_dir / "forcefield.png", seed=cfg.data.seed)
+
+
 def evaluate(cfg: RunConfig) -> dict:
     """iid and sim JS / PMF error against the test split, beside the data-vs-data floor; writes
     ``metrics.json`` and ``density.png``."""
@@ -333,9 +349,17 @@ def evaluate(cfg: RunConfig) -> dict:
         metrics["floor"] = compare_2d(floor, ref, ec.bins, hist_range) | {"n": len(pick), "source": "validation"}
     if system.collective_variables and (run_dir / "data" / "test_replica.npy").exists():
         split = {name: (_load_split(cfg, name), _load_split(cfg, f"{name}_replica")) for name in ("test", "validation")}
+        sc = cfg.simulate
+        dt = sc.timestep or system.settings.get("timestep") or system.md.get("timestep")
+        source = Path(cfg.data.source)
         metrics["molecular"] = molecular_metrics(
-            system, run_dir, *split["test"], *split["validation"], samples, kept, ec.bins, hist_range
-        )
+            system, run_dir, *split["test"], *split["validation"], samples, kept, ec.bins, hist_range,
+            training=_load_split(cfg, "train"), sim_frame_ps=sc.report_interval * dt if dt else None,
+            md_frame_ps=md_frame_interval_ps(source, cfg.data.stride) if source.is_dir() else None,
+        )  # fmt: skip
+        forcefield = forcefield_metrics(cfg, system)
+        if forcefield is not None:
+            metrics["forcefield"] = forcefield
     contours = None
     if system.potential is not None and system.dim == 2 and hist_range is not None:
         xs = [np.linspace(lo, hi, 200) for lo, hi in hist_range]
