@@ -267,3 +267,45 @@ def test_fp_needs_an_energy_model(mixture):
     x0, t, eps, g = diffused_batch(mixture, sde, 0.3, 8, seed=8)
     with pytest.raises(TypeError, match="energy model"):
         loss_terms(model, sde, x0, t, eps, 2, False, 4, 1e-2, g)
+
+
+class OffsetEnergy(nn.Module):
+    """The exact mixture energy plus a t-only offset 300 t^2 + 40 log(t) (a different normaliser Z(t)): the same
+    density at every t, so the same scores, but R shifted by -(600 t + 40 / t) for every x."""
+
+    def __init__(self, mixture, sde):
+        super().__init__()
+        self.exact = MixtureEnergy(mixture, sde)
+
+    def forward(self, x, t):
+        return self.exact(x, t) + 300 * t**2 + 40 * torch.log(t)
+
+
+def grouped_fp_z(model, sde, mixture, group, n_per_t=4000, seed=5):
+    """Per-t z-scores of mean(FP term) with FP samples in groups of ``group`` sharing t (1: ungrouped)."""
+    z = []
+    for i, t_value in enumerate(TIMES):
+        x0, t, eps, g = diffused_batch(mixture, sde, t_value, n_per_t, seed=seed + i)
+        fp = loss_terms(model, sde, x0, t, eps, 2, False, n_per_t, 1e-2, g, fp_group=group).fp.detach()
+        z.append(float(fp.mean() / (fp.std() / math.sqrt(n_per_t))))
+    return z
+
+
+def test_grouped_fp_ignores_the_normaliser_and_still_detects_a_wrong_energy(mixture):
+    """An unnormalised energy is FP consistent iff R(., t) is constant in x: grouping penalises Var_x R only."""
+    sde = VPSDE()
+    offset = EnergyScore(OffsetEnergy(mixture, sde), centred=False)
+    assert min(grouped_fp_z(offset, sde, mixture, group=1)) > 2 * Z  # E R^2 punishes the normaliser at every t
+    z = grouped_fp_z(offset, sde, mixture, group=4)
+    assert max(abs(v) for v in z) < Z, z  # the variance over x does not
+    wrong = grouped_fp_z(perturbed_models(mixture, sde)["stds x1.2"], sde, mixture, group=4)
+    assert sum(wrong) / math.sqrt(len(TIMES)) > 2 * Z, wrong  # a wrong shape is still resolved
+
+
+def test_grouped_fp_needs_groups_that_share_their_time(mixture):
+    sde = VPSDE()
+    x0, t, eps, g = diffused_batch(mixture, sde, 0.1, 8, seed=0)
+    t[1] = 0.2
+    model = EnergyScore(MixtureEnergy(mixture, sde), centred=False)
+    with pytest.raises(ValueError, match="groups of 4 sharing one t"):
+        loss_terms(model, sde, x0, t, eps, 2, False, 8, 1e-2, g, fp_group=4)

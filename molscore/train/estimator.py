@@ -39,6 +39,8 @@ class TrainConfig:
     uniform_time_fraction : with "log_sigma", the share of times drawn uniformly
     log_sigma_min : with "log_sigma", the lowest noise level of the log-uniform part (:func:`sample_times`)
     fp_time_sampling : p(t) of the FP subset of each batch ("uniform", as in the reference work, or "log_sigma")
+    fp_group : FP samples per shared time; k > 1 penalises the spread of the residual over x at each t instead
+        of its square (:func:`~molscore.train.losses.loss_terms`), so the energy need not learn its normaliser
     expert_step_fractions : relative step counts of the experts, from the LARGEST-t expert down
     scale : data scale in nm (None: the std of the centred training data)
     max_minutes : wall-clock budget of one ``fit`` call; when it runs out, training checkpoints and stops
@@ -62,6 +64,7 @@ class TrainConfig:
     uniform_time_fraction: float = 0.25
     log_sigma_min: float = 0.01
     fp_time_sampling: str = "uniform"
+    fp_group: int = 1
     expert_step_fractions: list[float] = field(default_factory=lambda: [1.0, 1.0, 4.0])
     scale: float | None = None
     checkpoint_every: int = 1000
@@ -94,6 +97,8 @@ class ScoreEstimator:
         for key in ("time_sampling", "fp_time_sampling"):
             if getattr(self.config, key) not in TIME_SAMPLINGS:
                 raise ValueError(f"train.{key} {getattr(self.config, key)!r} unknown; choose from {list(TIME_SAMPLINGS)}")
+        if int(self.config.fp_group) != self.config.fp_group or self.config.fp_group < 1:
+            raise ValueError(f"train.fp_group = {self.config.fp_group}; it must be a positive integer (1: no grouping)")
         if not 0.0 <= self.config.uniform_time_fraction <= 1.0:
             raise ValueError(f"train.uniform_time_fraction = {self.config.uniform_time_fraction}; it must lie in [0, 1]")
         self.device, self.dtype = torch.device(device), dtype
@@ -282,17 +287,20 @@ class ScoreEstimator:
         cfg = self.config
         idx = torch.randint(len(x_data), (cfg.batch_size,), generator=gen, device=self.device)
         use_fp = cfg.fp_weight > 0 and stage["expert"] in (None, 0)
-        fp_count = max(1, round(cfg.fp_fraction * cfg.batch_size)) if use_fp else 0
+        k = max(1, cfg.fp_group)
+        fp_count = k * max(1, round(cfg.fp_fraction * cfg.batch_size / k)) if use_fp else 0
         # the FP subset (the first fp_count samples) draws its own times: the residual grows like 1 / sigma^2 as
         # t -> 0, so the small-t-heavy DSM distribution would hand the FP term its most violent samples
         t = torch.cat([
-            sample_times(self.sde, fp_count, stage["t_range"], cfg.fp_time_sampling, cfg.uniform_time_fraction,
-                         cfg.log_sigma_min, gen, self.dtype, self.device),
+            sample_times(self.sde, fp_count // k, stage["t_range"], cfg.fp_time_sampling, cfg.uniform_time_fraction,
+                         cfg.log_sigma_min, gen, self.dtype, self.device).repeat_interleave(k),
             sample_times(self.sde, cfg.batch_size - fp_count, stage["t_range"], cfg.time_sampling,
                          cfg.uniform_time_fraction, cfg.log_sigma_min, gen, self.dtype, self.device),
         ])  # fmt: skip
         eps = self.sde.noise(x_data[idx].shape, self.spec.centred, gen, self.dtype, self.device)
-        terms = loss_terms(module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen)
+        terms = loss_terms(
+            module, self.sde, x_data[idx], t, eps, self.n_dof, self.spec.centred, fp_count, cfg.fp_step, gen, k
+        )
         dsm = terms.dsm.mean()
         fp = terms.fp.mean() if terms.fp is not None else torch.zeros((), device=self.device)
         return dsm + cfg.fp_weight * fp, dsm, fp

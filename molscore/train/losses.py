@@ -48,6 +48,7 @@ def loss_terms(
     fp_count: int = 0,
     fp_step: float = 1e-2,
     generator: torch.Generator | None = None,
+    fp_group: int = 1,
 ) -> LossTerms:
     """DSM loss on the batch and, on its first ``fp_count`` samples, two independent FP residuals.
 
@@ -59,6 +60,10 @@ def loss_terms(
     eps : Tensor (B, N, d), standard noise (projected if centred)
     fp_count : number of samples that also get the FP residual (0: no FP term)
     fp_step : finite-difference step of the Hutchinson divergence, relative to sigma(t)
+    fp_group : with k > 1, the FP samples come in consecutive groups of k sharing one t, and the residuals are
+        centred within each group: the term estimates Var_x R(x, t) instead of E R^2. An unnormalised energy
+        (log q = -E - log Z(t)) is Fokker-Planck consistent exactly when R(., t) is constant in x: its offset
+        is -d log Z / dt, which E R^2 would force the network to learn (at t -> 0 it is ~1e4 and swamps the rest)
     """
     xt = sde.perturb(x0, t, eps)
     sigma = sde.sigma(t)
@@ -82,4 +87,13 @@ def loss_terms(
     div2 = (probes[1] * (plus2 - minus2)).flatten(1).sum(1) / (2 * h.flatten())
     r1 = fp_residual(sde, xm, tm, score[:m], dE_dt[:m], div1, n_dof)
     r2 = fp_residual(sde, xm, tm, score[:m], dE_dt[:m], div2, n_dof)
+    if fp_group > 1:
+        if m % fp_group or not torch.all(tm.view(-1, fp_group) == tm.view(-1, fp_group)[:, :1]):
+            raise ValueError(f"fp_group = {fp_group}: the {m} FP samples must come in groups of {fp_group} sharing one t")
+        r1, r2 = (r.view(-1, fp_group) for r in (r1, r2))
+        # the product of two centred residuals with independent probes, times k / (k - 1): unbiased for Var_x R
+        r1, r2 = r1 - r1.mean(1, keepdim=True), r2 - r2.mean(1, keepdim=True)
+        return LossTerms(
+            dsm_from_score(score, eps, sigma, n_dof), (r1 * r2).flatten() * fp_group / (fp_group - 1) / n_dof**2
+        )
     return LossTerms(dsm_from_score(score, eps, sigma, n_dof), r1 * r2 / n_dof**2)
