@@ -323,3 +323,31 @@ def test_steps_fitted_to_the_budget_plan_a_schedule_that_ends_in_time(tmp_path, 
     again.config.steps = 1000
     again.fit(data, 2.5, checkpoint_dir=tmp_path, progress=False)
     assert again.planned_steps == est.planned_steps and again.step == est.step  # restored: nothing left to do
+
+
+def test_fp_term_is_grouped_in_time_and_weighted_by_sigma_power(monkeypatch):
+    """fp_group = 4: the FP samples come in fours sharing t (drawn from fp_time_sampling); fp_sigma_power = 4:
+    the FP term is the mean of sigma(t)^4 times each sample's (centred) residual product."""
+    from molscore.train.losses import loss_terms
+
+    case = RESUME_CASES["energy_fp"]
+    est = make_estimator(case)
+    est.config.fp_group, est.config.fp_sigma_power, est.config.fp_time_sampling = 4, 4.0, "log_sigma"
+    data = est._prepare(toy_data())
+    est.scale = float(data.pow(2).mean().sqrt())
+    x = data / est.scale
+    stage, module = est._stages[0], est._trained_module(est._stages[0])
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["t"], seen["terms"] = args[3], loss_terms(*args, **kwargs)
+        return seen["terms"]
+
+    monkeypatch.setattr("molscore.train.estimator.loss_terms", spy)
+    _, _, fp = est._loss(module, stage, x, torch.Generator().manual_seed(0))
+    m = len(seen["terms"].fp)
+    assert m == 16  # round(0.5 * 32 / 4) groups of 4
+    groups = seen["t"][:m].view(-1, 4)
+    assert torch.all(groups == groups[:, :1]) and len(groups[:, 0].unique()) == 4
+    expected = (seen["terms"].fp * est.sde.sigma(seen["t"][:m]) ** 4).mean()
+    assert torch.allclose(fp, expected) and not torch.allclose(fp, seen["terms"].fp.mean())

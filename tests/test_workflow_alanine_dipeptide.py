@@ -17,14 +17,14 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
     argv = ["--quick", "--out", str(out), "--steps", "60", "--samples", "200", "--sample-steps", "20"]
     workflow.main(argv + ["--sim-steps", "100", "--replicas", "4"])
     printed = capsys.readouterr().out
-    assert "| energy, no FP |" in printed and "| energy + FP |" in printed  # the table is printed
+    assert "| energy + FP |" in printed and "| mixture + FP |" in printed  # the table is printed
     for name in ("table.md", "table.csv", "ramachandran.png", "phi_profiles.png", "data/beads.pdb"):
         assert (out / name).is_file(), name
     beads = mdtraj.load_topology(str(out / "data" / "beads.pdb"))
     assert beads.n_atoms == 5  # C-N-CA-C-N
     rows = list(csv.DictReader((out / "table.csv").open()))
-    assert [r["model"] for r in rows] == ["energy, no FP", "energy + FP"]
-    for variant, row in zip(("energy", "energy_fp"), rows, strict=True):
+    assert [r["model"] for r in rows] == ["energy + FP", "mixture + FP"]
+    for variant, row in zip(("energy_fp", "mixture_fp"), rows, strict=True):
         run = out / variant
         for name in ("model.safetensors", "samples_sde.dcd", "metrics.json", "population.png", "molecular.png"):
             assert (run / name).is_file(), f"{variant}/{name}"

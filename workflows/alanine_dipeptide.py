@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
+import torch
 import yaml
 
 from molscore.analysis.collective_variables import compute_cvs
@@ -32,7 +33,7 @@ from molscore.pipeline.variants import link_data, merged
 from molscore.system import load_system
 
 REFERENCE_MD = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference_md"
-FP = {"fp_weight": 5.0e-4, "fp_fraction": 0.25}
+FP = {"fp_weight": 5.0e-3, "fp_fraction": 0.25, "fp_group": 4, "fp_sigma_power": 4.0, "fp_time_sampling": "log_sigma"}
 MIXTURE = {"mixture_boundaries": [0.1, 0.6]}
 VARIANTS = {
     "energy": {},
@@ -93,11 +94,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default=None, help="output folder (default runs/alanine_dipeptide/<resolution>[_quick])")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: these small networks run fastest on one; 2 threads on a busy 2-core "
+        "machine made training ~20x slower through OpenMP spin-waiting)",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rebuild table and figures from finished run folders")
     args = parser.parse_args(argv)
     args.data = Path(args.data) if args.data else REFERENCE_MD
     if args.variants is None:
-        args.variants = ["energy", "energy_fp"] if args.quick else list(VARIANTS)
+        args.variants = ["energy_fp", "mixture_fp"] if args.quick else list(VARIANTS)
     if args.out is None:
         args.out = f"runs/alanine_dipeptide/{args.resolution}" + ("_quick" if args.quick else "")
     return args
@@ -210,6 +216,7 @@ def basin_note(train: np.ndarray, test: np.ndarray) -> str:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     if not args.data.is_dir():
         raise FileNotFoundError(
             f"{args.data} is not an MD folder; generate one with python workflows/generate_md.py and pass --data"
