@@ -33,7 +33,7 @@ from molscore.pipeline.variants import link_data, merged
 from molscore.system import load_system
 
 REFERENCE_MD = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference_md"
-FP = {"fp_weight": 5.0e-3, "fp_fraction": 0.25, "fp_group": 4, "fp_sigma_power": 4.0, "fp_time_sampling": "log_sigma"}
+FP = {"fp_weight": 5.0e-4, "fp_fraction": 0.25, "fp_group": 4, "fp_sigma_power": 4.0, "fp_time_sampling": "log_sigma"}
 MIXTURE = {"mixture_boundaries": [0.1, 0.6]}
 VARIANTS = {
     "energy": {},
@@ -50,12 +50,12 @@ LABELS = {
 SETTINGS = {  # full run vs the README's quick run
     "full": {
         "train": {"steps": 200000, "batch_size": 256},
-        "sample": {"n_samples": 5000, "n_steps": 200},
+        "sample": {"n_samples": 5000, "n_steps": 100, "corrector_steps": 1},
         "simulate": {"replicas": 32, "steps": 500000, "report_interval": 50},  # 1 ns at 2 fs (or --sim-minutes)
     },
     "quick": {  # ~11 min on 2 CPU cores: training and simulation have wall-clock caps
         "train": {"steps": 50000, "batch_size": 256, "max_minutes": 2.5, "fit_steps_to_budget": True},
-        "sample": {"n_samples": 1500, "n_steps": 100},
+        "sample": {"n_samples": 1500, "n_steps": 50, "corrector_steps": 1},
         "simulate": {"replicas": 32, "steps": 2500, "report_interval": 25, "max_minutes": 1.5},
     },
 }
@@ -66,7 +66,7 @@ BASE = {
     "model": {"parameterisation": "energy", "network": "bondgraph_mlp", "network_options": {"hidden": [128, 128, 128]}},
     "train": {"learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 1000,
               "time_sampling": "log_sigma"},
-    "sample": {"method": "sde", "batch_size": 2048},
+    "sample": {"method": "sde", "batch_size": 2048, "time_grid": "log_snr"},
     "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq"},
 }  # fmt: skip
 

@@ -110,7 +110,7 @@ class BondGraphNet(nn.Module):
         cutoff: float = 8.0,
         harmonics: int = 3,
         time_embedding_dim: int = 16,
-        sigma_floor: float = 0.02,
+        sigma_floor: float = 0.1,
     ):
         super().__init__()
         if dim != 3:
@@ -219,7 +219,7 @@ class BondGraphMLP(nn.Module):
         hidden=(128, 128, 128),
         harmonics: int = 3,
         time_embedding_dim: int = 16,
-        sigma_floor: float = 0.02,
+        sigma_floor: float = 0.1,
     ):
         super().__init__()
         if dim != 3 or output != "energy":

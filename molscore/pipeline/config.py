@@ -55,13 +55,36 @@ class ModelConfig:
 
 @dataclass
 class SampleConfig:
-    """Diffusion sampling: ``n_samples`` from the reverse SDE or the probability-flow ODE."""
+    """Diffusion sampling: ``n_samples`` from the reverse SDE or the probability-flow ODE.
+
+    n_steps : predictor steps from t = 1 to t_min
+    time_grid : "uniform" in t, "log_sigma" (uniform in log sigma(t): fine at small t but one long first step)
+        or "log_snr" (uniform in log sigma/alpha); see :func:`molscore.sampling.time_grid`
+    corrector_steps : Langevin corrector steps after each predictor step (predictor-corrector; "sde" only)
+    snr : the corrector's signal-to-noise ratio, which sets its step size
+    """
 
     n_samples: int = 20_000
     method: Literal["sde", "ode"] = "sde"
     n_steps: int = 500
     batch_size: int = 4096
     seed: int = 0
+    time_grid: Literal["uniform", "log_sigma", "log_snr"] = "uniform"
+    corrector_steps: int = 0
+    snr: float = 0.16
+
+    def __post_init__(self):
+        if self.n_steps < 1:
+            raise ValueError(f"sample.n_steps must be >= 1, got {self.n_steps}")
+        if self.corrector_steps < 0:
+            raise ValueError(f"sample.corrector_steps must be >= 0, got {self.corrector_steps}")
+        if not self.snr > 0 or self.snr == float("inf"):
+            raise ValueError(f"sample.snr must be positive and finite, got {self.snr}")
+        if self.method == "ode" and self.corrector_steps > 0:
+            raise ValueError(
+                f"sample.corrector_steps = {self.corrector_steps} needs method 'sde' (the corrector adds noise to the "
+                "deterministic probability flow); set corrector_steps: 0 or method: sde"
+            )
 
 
 @dataclass

@@ -204,7 +204,8 @@ def _load_model(cfg: RunConfig) -> DiffusionModel:
 def sample(cfg: RunConfig, progress: bool = True) -> Path:
     """Draw diffusion samples; writes ``samples_<method>.npy`` (n, N, d) nm."""
     run_dir, sc = _run_dir(cfg, "sample"), cfg.sample
-    x = diffusion_sample(_load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress)
+    options = {"time_grid": sc.time_grid, "corrector_steps": sc.corrector_steps, "snr": sc.snr}
+    x = diffusion_sample(_load_model(cfg), sc.n_samples, sc.method, sc.n_steps, sc.batch_size, sc.seed, progress, **options)
     path = run_dir / f"samples_{sc.method}.npy"
     np.save(path, x.cpu().numpy())
     beads = run_dir / "data" / "beads.pdb"
