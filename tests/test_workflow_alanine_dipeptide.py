@@ -50,3 +50,8 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
         assert set(metrics["forcefield"]) == {"t_min", "t=0.01", "t=0.05", "t=0.1"} and (run / "forcefield.png").is_file()
         assert metrics["forcefield"]["t_min"]["n_bins"] > 0 and float(row["FF error (kT)"]) >= 0
     assert "of the test frames" in (out / "table.md").read_text()  # the slow basin's coverage of the data
+    # the sampler benchmark runs on a finished run folder: JS against evaluations, beside the training-draw floor
+    bench = workflow_script("benchmarks/sampler_evaluations.py")
+    rows = bench.main(["--run", str(out / "mixture_fp"), "--samples", "100", "--configs", "0", "7", "9"])
+    assert [r["evaluations"] for r in rows] == [25, 100, 50] and all(0 <= r["iid_js"] <= np.log(2) for r in rows)
+    assert (out / "mixture_fp" / "sampler_evaluations.md").is_file()
