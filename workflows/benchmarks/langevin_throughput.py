@@ -1,8 +1,8 @@
 """Throughput of the learned force field: batched Langevin replicas vs one at a time, vs OpenMM, and diffusion
 sampling vs MD's decorrelated frames. All numbers measured side by side in one run, on one model.
 
-(a) aggregate simulated ns/day of B batched BAOAB replicas (B = 1, 64, 512) with the 5-bead GNN energy model,
-    and its ratio to a loop that steps the same B replicas one at a time;
+(a) aggregate simulated ns/day of B batched BAOAB replicas (B = 1, 64, 512) with a 5-bead energy model (the
+    GNN, or the model passed), and its ratio to a loop that steps the same B replicas one at a time;
 (b) the ratio of (a) to OpenMM running the classical all-atom force field of the data (amber99sb-ildn + OBC,
     1 fs, Reference platform, one process) on this machine;
 (c) diffusion-sampler throughput in independent samples per second vs MD's decorrelated frames per second
@@ -133,7 +133,8 @@ def main(argv=None) -> None:
     model, start, masses = backbone_model(args.model, dtype)
     if args.compile:
         model.compile()
-    print(f"(a) Langevin (BAOAB, dt {args.dt * 1000:g} fs), 5-bead GNN energy model{' (compiled)' if args.compile else ''}")
+    label = f"5-bead {model.spec.network} energy model" + (" (compiled)" if args.compile else "")
+    print(f"(a) Langevin (BAOAB, dt {args.dt * 1000:g} fs), {label}")
     print("replicas | batched ns/day | one-at-a-time ns/day | ratio")
     batched = {}
     for b in args.batches:
