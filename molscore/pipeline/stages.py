@@ -307,6 +307,8 @@ def forcefield_metrics(cfg: RunConfig, system: System) -> dict | None:
     (:mod:`molscore.analysis.forcefield_diagnostic`: free-energy differences along each torsion against the test
     MD, at t_min and at larger t against noised MD); writes ``forcefield.png``. None where it does not apply."""
     run_dir, cvs = Path(cfg.run_dir), list(system.collective_variables.items())[:2]
+    if not (run_dir / "model.safetensors").exists():  # e.g. a simulation with given forces: no model to diagnose
+        return None
     model = _load_model(cfg)
     if model.parameterisation != "energy" or len(cvs) < 2 or any(set(spec) != {"dihedral"} for _, spec in cvs):
         return None
