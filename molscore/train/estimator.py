@@ -226,11 +226,11 @@ class ScoreEstimator:
             if replan is not None and self.step >= replan["next"]:
                 self._replan(replan, time.monotonic() - began_loop, began_fit + 0.95 * 60.0 * cfg.max_minutes)
                 bar.total = self.planned_steps
-            total = self.planned_steps
-            if x_val is not None and (self.step % cfg.validation_every == 0 or self.step == total):
+            last = self.step == self.planned_steps
+            if x_val is not None and (self.step % cfg.validation_every == 0 or last):
                 self.history["val_step"].append(self.step)
                 self.history["val"].append(self.validation_loss(x_val))
-            if ckpt is not None and (self.step % cfg.checkpoint_every == 0 or self.step == total):
+            if ckpt is not None and (self.step % cfg.checkpoint_every == 0 or last):
                 save_checkpoint(self._state(), ckpt)
             bar.update(1)
             if self.step % 50 == 0:
@@ -245,8 +245,8 @@ class ScoreEstimator:
         of each stage (after a warm-up; no parameter changes), weighted by the stage's share of the steps.
 
         The micro-timing misses the loop around the network (optimiser, EMA, validation) and the machine's load,
-        so the plan is corrected once by the measured time of the first steps (:meth:`_replan`); returns what
-        that correction needs."""
+        so the plan is corrected by the measured loop time at 5%, 25% and 50% of it (:meth:`_replan`); returns
+        what those corrections need."""
         cost, costs = 0.0, []
         for stage in self._stages:
             module = self._trained_module(stage)
