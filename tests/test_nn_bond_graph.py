@@ -150,3 +150,17 @@ def test_a_network_with_a_persistent_integer_buffer_has_a_float_dtype():
     model = DiffusionModel(spec, wrapped, VPSDE(), 0.2, 2.5)
     assert next(iter(model.state_dict().values())).dtype == torch.long
     assert model.dtype == DTYPE
+
+
+def test_noise_level_features_are_flat_below_the_floor_and_resolve_t_above_it():
+    """Below sigma_floor the features (hence the network's t-dependence) barely move, so the force field at t_min
+    is the one learned near the floor; above it they separate noise levels."""
+    from molscore.nn.embedding import noise_level_features
+
+    t = torch.tensor([1e-5, 1e-3, 1e-2, 0.1, 0.5], dtype=DTYPE)
+    f = noise_level_features(t, 16, sigma_floor=0.1)
+    assert (f[1] - f[0]).abs().max() < 1e-3 and (f[2] - f[0]).abs().max() < 0.1
+    assert (f[3] - f[0]).abs().max() > 0.3 and (f[4] - f[3]).abs().max() > 0.3
+    t.requires_grad_(True)
+    (grad,) = torch.autograd.grad(noise_level_features(t, 16, sigma_floor=0.1).sum(), t)
+    assert grad[0].abs() < 10  # dE/dt stays bounded as t -> 0 (log-t features: ~1/t = 1e5)

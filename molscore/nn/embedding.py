@@ -41,26 +41,24 @@ def time_features(t: Tensor, n_features: int) -> Tensor:
 
 
 def noise_level_features(t: Tensor, n_features: int, sigma_floor: float = 0.02) -> Tensor:
-    """Fixed features of diffusion time through the noise level: Gaussians of log(sigma(t)^2 + sigma_floor^2) and
-    Fourier modes of t, ``(B, n_features)``.
+    """Fixed features of diffusion time through the noise level alone: ``n_features`` Gaussians of
+    u = log(floor^2 + s^2 / (s + floor^2)), s = sigma(t)^2, ``(B, n_features)``.
 
-    sigma(t) is the VP schedule's (beta_min = 0.1, beta_max = 20). Below sigma ~ sigma_floor the features stop
-    changing, so an energy network's E(x, t) is flat in t where denoising score matching carries almost no signal
-    (its weight on a score error is sigma^2): the force field at t_min is the one learned at sigma ~ sigma_floor,
-    not an extrapolation along log t, and dE/dt stays bounded (the Fokker-Planck residual of log-t features grows
-    like 1/t there: 1e10 at t = 1e-5, measured). The bond and noise priors carry the sigma dependence below it.
+    sigma(t) is the VP schedule's (beta_min = 0.1, beta_max = 20). u is log s above the floor and flat to second
+    order below it, so an energy network's E(x, t) stops changing in t where denoising score matching carries
+    almost no signal (its weight on a score error is sigma^2): the force field at t_min is the one learned at
+    sigma ~ sigma_floor, and dE/dt stays bounded (log-t features gave a Fokker-Planck residual of 1e10 at t = 1e-5).
+    Measured on the 5-bead mixture: with log(s + floor^2) and Fourier modes of t, which still moved between
+    t = 1e-5 and 0.01, the FF error at t_min was 3.4 kT against 0.8 kT for the same network evaluated at t = 0.03.
+    The bond and noise priors carry the sigma dependence below the floor.
     """
-    n_fourier = 2 * (n_features // 4)
-    n_log = n_features - n_fourier
-    freqs = math.pi * 2.0 ** torch.arange(n_fourier // 2, dtype=t.dtype, device=t.device)
-    angle = t[:, None] * freqs
     sigma2 = -torch.expm1(-(0.1 * t + 9.95 * t**2))
     floor2 = sigma_floor**2
     lo, hi = math.log(floor2), math.log(1.0 + floor2)
-    u = torch.log(sigma2 + floor2)[:, None]
-    centres = torch.linspace(lo, hi, n_log, dtype=t.dtype, device=t.device)
-    width = (hi - lo) / max(n_log - 1, 1)
-    return torch.cat([torch.sin(angle), torch.cos(angle), torch.exp(-(((u - centres) / width) ** 2))], dim=-1)
+    u = torch.log(floor2 + sigma2**2 / (sigma2 + floor2))[:, None]
+    centres = torch.linspace(lo, hi, n_features, dtype=t.dtype, device=t.device)
+    width = (hi - lo) / max(n_features - 1, 1)
+    return torch.exp(-(((u - centres) / width) ** 2))
 
 
 class TimeEmbedding(nn.Module):
