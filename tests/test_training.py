@@ -232,6 +232,33 @@ def test_mixture_needs_one_fraction_per_expert():
         ScoreEstimator(spec, TrainConfig(expert_step_fractions=[1.0, 1.0]))
 
 
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_each_expert_starts_from_the_trained_expert_above_it(warm_start):
+    """With expert_warm_start, the small-t expert's first step starts from the mid expert's EMA weights (and its
+    EMA shadow too); without it, from its own untouched initialisation."""
+    spec = ModelSpec(1, 2, centred=False, mixture_boundaries=[0.1, 0.6])
+    config = TrainConfig(steps=30, batch_size=16, expert_warm_start=warm_start, validation_every=10**9, seed=3)
+    estimator = ScoreEstimator(spec, config)
+    initial = {k: v.clone() for k, v in estimator.score_model.experts[0].state_dict().items()}
+    seen = {}
+
+    def record(est):  # called after each step; stages [0, 5), [5, 10) (mid expert), [10, 30) (small-t expert)
+        if est.step == 10:
+            n = len("experts.1.")
+            seen["mid_ema"] = {k[n:]: v.clone() for k, v in est.ema.shadow.items() if k.startswith("experts.1.")}
+        if est.step == 11:
+            seen["small_after_first_step"] = {k: v.clone() for k, v in est.score_model.experts[0].state_dict().items()}
+
+    est = estimator.fit(torch.randn(256, 1, 2), 1.0, progress=False, callback=record)
+    mid, small = seen["mid_ema"], {k: v for k, v in est.score_model.experts[0].state_dict().items()}
+    start = mid if warm_start else initial
+    for key, value in seen["small_after_first_step"].items():  # one AdamW step moves a weight by <= ~lr
+        assert (value - start[key]).abs().max() < 5 * config.learning_rate, key
+    assert any(not torch.equal(small[k], initial[k]) for k in small)
+    other = initial if warm_start else mid
+    assert any((seen["small_after_first_step"][k] - other[k]).abs().max() > 1e-2 for k in other)
+
+
 def test_system_check_positions():
     system = load_system("gaussian_mixture")
     ok = system.check_positions(torch.zeros(4, 1, 2))

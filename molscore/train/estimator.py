@@ -46,6 +46,8 @@ class TrainConfig:
         few smallest-t samples set the whole FP term and training trades DSM accuracy for them; p = 4 makes it a
         relative error at every t
     expert_step_fractions : relative step counts of the experts, from the LARGEST-t expert down
+    expert_warm_start : each expert starts from the trained weights of the expert above it in t (the small-t
+        expert inherits the torsional free energy learned at sigma ~ 0.3, where DSM sees it clearly)
     scale : data scale in nm (None: the std of the centred training data)
     max_minutes : wall-clock budget of one ``fit`` call; when it runs out, training checkpoints and stops
         (``stopped_early`` is set) and a later call resumes towards ``steps``
@@ -71,6 +73,7 @@ class TrainConfig:
     fp_group: int = 1
     fp_sigma_power: float = 0.0
     expert_step_fractions: list[float] = field(default_factory=lambda: [1.0, 1.0, 4.0])
+    expert_warm_start: bool = True
     scale: float | None = None
     checkpoint_every: int = 1000
     validation_every: int = 500
@@ -147,6 +150,21 @@ class ScoreEstimator:
 
     def _trained_module(self, stage: dict):
         return self.score_model if stage["expert"] is None else self.score_model.experts[stage["expert"]]
+
+    def _warm_start(self, stage: dict) -> None:
+        """With ``expert_warm_start``, expert k begins from the EMA weights of expert k + 1, trained just before on
+        the next larger times, instead of from its random initialisation (weights and EMA shadow both)."""
+        k, n = stage["expert"], len(getattr(self.score_model, "experts", ()))
+        if not self.config.expert_warm_start or k is None or k + 1 >= n:
+            return
+        source, target = f"experts.{k + 1}.", f"experts.{k}."
+        with torch.no_grad():
+            state = self.score_model.state_dict()
+            for key, value in state.items():
+                if key.startswith(target):
+                    shadow = self.ema.shadow[source + key[len(target):]]
+                    value.copy_(shadow)
+                    self.ema.shadow[key].copy_(shadow)
 
     def _new_optimizer(self, stage: dict):
         params = self._trained_module(stage).parameters()
@@ -316,6 +334,8 @@ class ScoreEstimator:
     def _train_step(self, x_data: Tensor) -> None:
         cfg, stage = self.config, self._stage(self.step)
         if self._optimizer is None or self._optimizer_stage != stage["start"]:
+            if self.step == stage["start"]:
+                self._warm_start(stage)
             self._optimizer, self._optimizer_stage = self._new_optimizer(stage), stage["start"]
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
         module = self._trained_module(stage)

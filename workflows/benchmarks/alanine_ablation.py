@@ -34,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--network", default="bondgraph_mlp", choices=list(NETWORK_OPTIONS))
     parser.add_argument("--sigma-floor", type=float, default=None, help="bond-graph networks' time-feature floor")
     parser.add_argument("--mixture", action="store_true", help="experts on [0, 0.1], [0.1, 0.6], [0.6, 1]")
+    parser.add_argument("--boundaries", type=float, nargs=2, default=[0.1, 0.6], help="with --mixture: expert bounds")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--time-sampling", default="log_sigma", choices=["uniform", "log_sigma"])
@@ -73,7 +74,7 @@ def main(argv=None) -> dict:
         options["bonds"] = BONDS
         if args.sigma_floor is not None:
             options["sigma_floor"] = args.sigma_floor
-    mixture = [0.1, 0.6] if args.mixture else []
+    mixture = list(args.boundaries) if args.mixture else []
     spec = ModelSpec(5, 3, True, "energy", args.network, options, mixture, bonds=BONDS, noise_prior=True)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=1e-3, final_learning_rate=1e-4,
