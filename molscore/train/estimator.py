@@ -162,7 +162,7 @@ class ScoreEstimator:
             state = self.score_model.state_dict()
             for key, value in state.items():
                 if key.startswith(target):
-                    shadow = self.ema.shadow[source + key[len(target):]]
+                    shadow = self.ema.shadow[source + key[len(target) :]]
                     value.copy_(shadow)
                     self.ema.shadow[key].copy_(shadow)
 
