@@ -24,9 +24,11 @@ import torch
 import yaml
 
 from molscore.analysis.collective_variables import compute_cvs
+from molscore.analysis.markov_state_model import basin_population, torsion_grid_states
 from molscore.analysis.molecular import free_energy_profile
 from molscore.analysis.plots import line_plot, ramachandran_rows
 from molscore.analysis.report import format_with_error, write_table
+from molscore.data.trajectories import md_frame_interval_ps
 from molscore.dynamics import load_trajectory
 from molscore.pipeline import load_run_config, stages
 from molscore.pipeline.variants import link_data, merged
@@ -203,15 +205,38 @@ def table_row(name: str, metrics: dict, summary: dict) -> dict:
     }
 
 
-def basin_note(train: np.ndarray, test: np.ndarray) -> str:
-    """One line on the slow basin (phi > 0) in the data: its share of the training and test frames, and a warning
-    when one split never visits it (JS against such a split cannot reward or punish that basin)."""
+def basin_note(train: np.ndarray, test: np.ndarray, msm: dict | None = None) -> str:
+    """One line on the slow basin (phi > 0) in the data: its share of the training and test frames, a warning
+    when one split never visits it (JS against such a split cannot reward or punish that basin), and the MSM
+    estimate of its equilibrium population over all replicas (:func:`md_basin_population`)."""
     p_train, p_test = float((train[:, 0] > 0).mean()), float((test[:, 0] > 0).mean())
     line = f"phi > 0 holds {100 * p_train:.2f}% of the training frames and {100 * p_test:.2f}% of the test frames."
     for name, p in (("training", p_train), ("test", p_test)):
         if p == 0:
             line += f" The {name} replicas never visit phi > 0: the metrics cannot judge that basin."
+    if msm is not None:
+        line += (
+            f" Over all {msm['replicas']} replicas: raw {100 * msm['raw']:.2f} ± {100 * msm['raw_sd']:.2f}%, "
+            f"reversible MSM (6 x 6 (phi, psi) cells, lag {msm['lag_ps']:g} ps, bootstrap over replicas) "
+            f"{100 * msm['msm']:.2f} ± {100 * msm['msm_sd']:.2f}%; {msm['entries']} entries into phi > 0 in "
+            f"{msm['replicas_visiting']} replicas{'' if msm['connected'] else ' (not all visited cells connected)'}."
+        )
     return line
+
+
+def md_basin_population(shared: Path, angles, frame_ps: float | None, lag_ps: float = 10.0) -> dict:
+    """phi > 0 population of all MD replicas of the run's data (training, validation and test), raw and from a
+    reversible Markov state model (:func:`molscore.analysis.markov_state_model.basin_population`)."""
+    dtrajs = []
+    for split in ("train", "validation", "test"):
+        frames, replica = np.load(shared / f"{split}.npy"), np.load(shared / f"{split}_replica.npy")
+        phi_psi = angles(frames)
+        states = torsion_grid_states(phi_psi[:, 0], phi_psi[:, 1], 6)
+        dtrajs += [states[replica == r] for r in np.unique(replica)]
+    lag = max(1, round(lag_ps / (frame_ps or 1.0)))
+    in_basin = np.repeat(np.arange(6) >= 3, 6)  # phi cells 3-5: phi in [0, pi)
+    result = basin_population([d for d in dtrajs if len(d) > lag], in_basin, lag)
+    return result | {"lag_ps": lag * (frame_ps or 1.0), "replicas": len(dtrajs)}
 
 
 def main(argv=None) -> Path:
@@ -253,7 +278,8 @@ def main(argv=None) -> Path:
         ramachandran[LABELS[name]] = panels
     md_path, _ = write_table(rows, out / "table")
     with open(md_path, "a") as table:
-        table.write("\n" + basin_note(angles(np.load(shared / "train.npy")), md) + "\n")
+        msm = md_basin_population(shared, angles, md_frame_interval_ps(args.data))
+        table.write("\n" + basin_note(angles(np.load(shared / "train.npy")), md, msm) + "\n")
     ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
     line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")
     print(md_path.read_text())
