@@ -167,6 +167,27 @@ def test_exported_copy_is_an_md_folder_with_the_same_beads(valine_md, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "b/data/train.npy"), np.load(tmp_path / "a/data/train.npy"), atol=6e-4)
 
 
+def test_export_of_a_run_in_progress_ships_only_its_finished_replicas(valine_md, tmp_path):
+    import shutil
+
+    from molscore.data.export import export_md
+
+    partial = tmp_path / "partial"
+    shutil.copytree(valine_md, partial)
+    for chunk in sorted((partial / "replica_001").glob("chunk_*"))[1:]:  # replica 1 still running: 10 of 30 frames
+        chunk.unlink()
+    copy = export_md(partial, tmp_path / "copy", resolution="heavy", complete_only=True)
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    assert manifest["export"]["replicas"] == ["replica_000", "replica_002"]
+    assert manifest["export"]["incomplete"] == ["replica_001"]
+    assert [t.n_frames for t in load_md(copy)] == [30, 30]
+    assert len(load_md(export_md(partial, tmp_path / "all", resolution="heavy"))) == 3  # the default copies all
+    for replica in ("replica_000", "replica_002"):
+        shutil.rmtree(partial / replica)
+    with pytest.raises(FileNotFoundError, match="no replica is complete"):
+        export_md(partial, tmp_path / "none", complete_only=True)
+
+
 def test_a_molecule_pulled_apart_is_stopped_by_the_bond_guard_and_keeps_its_frames(valine_md, tmp_path):
     from molscore.pipeline.stages import evaluate, simulate
 

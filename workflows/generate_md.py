@@ -12,6 +12,9 @@ Rerunning the same command resumes a killed run; more ``--replicas`` or ``--ns``
     python workflows/generate_md.py --system alanine_dipeptide --replicas 200  # extend towards 1 us
     python workflows/generate_md.py --system alanine_dipeptide --export systems/alanine_dipeptide/reference_md \
         --export-resolution heavy --export-stride 5                          # the copy shipped with the system
+    python workflows/generate_md.py --out /work/md/alanine_long --export-only \
+        --export systems/alanine_dipeptide/reference_md_long --export-resolution all --export-stride 5
+                                                                       # finished replicas of a run in progress
 
 Output: ``<out>/topology.pdb``, ``<out>/replica_XXX/chunk_XXXXXX.dcd``, ``<out>/manifest.yaml`` and
 ``<out>/timing.yaml`` (see :mod:`molscore.interfaces.openmm_md`).
@@ -50,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, default=None, help="also write a reduced copy of the data to this folder")
     parser.add_argument("--export-resolution", default="heavy", help="atoms of the copy: all, heavy, backbone, calpha")
     parser.add_argument("--export-stride", type=int, default=1, help="keep every n-th frame in the copy")
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="write the copy of what is on disk now (finished replicas only), "
+        "without running MD: ships a run that goes on across sessions",
+    )
     parser.add_argument("--export-format", default=".xtc", help="format of the copy: .xtc (default), .dcd or .h5")
     args = parser.parse_args(argv)
     if args.quick:
@@ -63,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    if args.export_only:
+        if args.export is None:
+            raise SystemExit("--export-only needs --export FOLDER")
+        copy = export_md(args.out, args.export, args.export_resolution, args.export_stride, args.export_format, True)
+        print(f"{copy}: finished replicas of {args.out} ({args.export_resolution} atoms, every {args.export_stride})")
+        return args.out
     system = load_system(args.system, variant=args.variant)
     out = generate_md(
         system,

@@ -18,7 +18,9 @@ from molscore.files import atomic_write, write_text_atomic
 EXPORT_FORMATS = (".xtc", ".dcd", ".h5")
 
 
-def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str = ".xtc") -> Path:
+def export_md(
+    source, dest, resolution: str = "heavy", stride: int = 1, fmt: str = ".xtc", complete_only: bool = False
+) -> Path:
     """Write the beads of ``resolution`` of every replica in ``source``, every ``stride``-th frame, to ``dest``.
 
     Parameters
@@ -29,6 +31,8 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
     resolution : "all", "heavy", "backbone" or "calpha"
     stride : keep every stride-th frame (frame spacing becomes stride x the source's)
     fmt : ".xtc" (compressed, 0.001 nm precision), ".dcd" or ".h5"
+    complete_only : copy only replicas that hold the manifest's full production length (a run still going, or
+        one spread over sessions, ships its finished replicas; the others are listed as ``incomplete``)
 
     Returns
     -------
@@ -47,20 +51,31 @@ def export_md(source, dest, resolution: str = "heavy", stride: int = 1, fmt: str
         raise FileNotFoundError(f"{source} holds no replica_*/chunk_* files")
     beads = select_beads(mdtraj.load_topology(str(topology_file)), resolution)
     dest.mkdir(parents=True, exist_ok=True)
-    first = None
+    manifest_file = source / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
+    if complete_only and "length_ps" not in manifest:
+        raise ValueError(f"complete_only needs {manifest_file} with length_ps (written by generate_md)")
+    expected = round(manifest["length_ps"] / manifest.get("frame_interval_ps", 1.0)) if complete_only else None
+    first, incomplete = None, []
     for replica in replicas:
         chunks = sorted(f for f in replica.glob("chunk_*") if f.suffix in (".dcd", ".xtc", ".h5"))
-        traj = load_frames(chunks, topology_file, atom_indices=beads.indices)[::stride]
+        traj = load_frames(chunks, topology_file, atom_indices=beads.indices)
+        if expected is not None and len(traj) < expected:
+            incomplete.append(replica.name)
+            continue
+        traj = traj[::stride]
         first = traj[0] if first is None else first
         with atomic_write(dest / replica.name / f"chunk_000000{fmt}") as tmp:
             traj.save(str(tmp), force_overwrite=True)
+    if first is None:
+        raise FileNotFoundError(f"{source}: no replica is complete yet ({len(incomplete)} running or stopped)")
     save_pdb(first, dest / "topology.pdb")
-    manifest_file = source / "manifest.yaml"
-    manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
     manifest["export"] = {
         "source": str(source), "resolution": resolution, "stride": int(stride), "format": fmt,
         "n_atoms": beads.n_beads, "replicas": sorted(d.name for d in dest.glob("replica_*") if d.is_dir()),
         "frame_interval_ps": float(manifest.get("frame_interval_ps", 1.0)) * stride,
     }  # fmt: skip
+    if incomplete:
+        manifest["export"]["incomplete"] = incomplete
     write_text_atomic(dest / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
     return dest

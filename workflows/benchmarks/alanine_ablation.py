@@ -38,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--time-sampling", default="log_sigma", choices=["uniform", "log_sigma"])
+    parser.add_argument("--log-sigma-min", type=float, default=0.01, help="lowest sigma of the log-uniform p(t) part")
+    parser.add_argument("--angle-prior", action="store_true", help="add the fitted bond-angle prior")
     parser.add_argument("--fp", type=float, default=0.0, help="alpha_FP (0: no FP term)")
     parser.add_argument("--fp-time-sampling", default="log_sigma", choices=["uniform", "log_sigma"])
     parser.add_argument("--fp-group", type=int, default=4)
@@ -75,10 +77,13 @@ def main(argv=None) -> dict:
         if args.sigma_floor is not None:
             options["sigma_floor"] = args.sigma_floor
     mixture = list(args.boundaries) if args.mixture else []
-    spec = ModelSpec(5, 3, True, "energy", args.network, options, mixture, bonds=BONDS, noise_prior=True)
+    spec = ModelSpec(
+        5, 3, True, "energy", args.network, options, mixture, bonds=BONDS, noise_prior=True, angle_prior=args.angle_prior
+    )
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=1e-3, final_learning_rate=1e-4,
-        time_sampling=args.time_sampling, fp_weight=args.fp, fp_fraction=0.25, fp_group=args.fp_group,
+        time_sampling=args.time_sampling, log_sigma_min=args.log_sigma_min,
+        fp_weight=args.fp, fp_fraction=0.25, fp_group=args.fp_group,
         fp_sigma_power=args.fp_power, fp_time_sampling=args.fp_time_sampling, validation_every=10**9, seed=args.seed,
     )  # fmt: skip
     began = time.perf_counter()
