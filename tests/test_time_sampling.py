@@ -41,6 +41,18 @@ def test_uniform_share_and_range():
     assert abs(float(t.mean()) - mixed_mean) < 0.005
 
 
+def test_sigma_min_bounds_both_parts_from_below():
+    """With log_sigma, no time (uniform share included) has sigma below sigma_min; sigma_min = 0 keeps the
+    uniform share down to the stage's lower end."""
+    gen = torch.Generator().manual_seed(4)
+    t = sample_times(SDE, 40000, (SDE.t_min, 0.1), "log_sigma", 0.25, 0.1, gen, torch.float64)
+    assert float(SDE.sigma(t).min()) >= 0.1 * (1 - 1e-9) and float(t.max()) <= 0.1
+    free = sample_times(SDE, 40000, (SDE.t_min, 0.1), "log_sigma", 0.25, 0.0, gen, torch.float64)
+    assert float((SDE.sigma(free) < 0.05).double().mean()) > 0.1
+    above = sample_times(SDE, 1000, (0.1, 0.6), "log_sigma", 0.25, 0.1, gen, torch.float64)  # sigma(0.1) > 0.1
+    assert float(above.min()) >= 0.1 and float((above < 0.15).double().mean()) > 0.05
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="time_sampling 'beta' unknown"):
         sample_times(SDE, 4, (0.0, 1.0), "beta")

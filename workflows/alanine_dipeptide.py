@@ -65,9 +65,10 @@ BASE = {
     "system": "alanine_dipeptide",
     "run_dir": "",
     "data": {"resolution": "backbone", "n_validation_replicas": 4, "n_test_replicas": 8},
-    "model": {"parameterisation": "energy", "network": "bondgraph_mlp", "network_options": {"hidden": [128, 128, 128]}},
+    "model": {"parameterisation": "energy", "network": "bondgraph_mlp", "network_options": {"hidden": [128, 128, 128],
+              "sigma_floor": 0.3}},
     "train": {"learning_rate": 1.0e-3, "final_learning_rate": 1.0e-4, "validation_every": 1000,
-              "time_sampling": "log_sigma"},
+              "time_sampling": "log_sigma", "log_sigma_min": 0.1},
     "sample": {"method": "sde", "batch_size": 2048, "time_grid": "log_snr"},
     "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq"},
 }  # fmt: skip

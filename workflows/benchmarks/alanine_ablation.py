@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 NETWORK_OPTIONS = {
-    "bondgraph_mlp": {"hidden": [128, 128, 128]},
+    "bondgraph_mlp": {"hidden": [128, 128, 128], "sigma_floor": 0.3},
     "bondgraph": {"hidden": 32, "n_layers": 2},
     "mlp": {"hidden": [128, 128, 128]},
     "gnn": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2},
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--time-sampling", default="log_sigma", choices=["uniform", "log_sigma"])
-    parser.add_argument("--log-sigma-min", type=float, default=0.01, help="lowest sigma of the log-uniform p(t) part")
+    parser.add_argument("--log-sigma-min", type=float, default=0.1, help="lowest sigma of the log-uniform p(t) part")
     parser.add_argument("--angle-prior", action="store_true", help="add the fitted bond-angle prior")
     parser.add_argument("--fp", type=float, default=0.0, help="alpha_FP (0: no FP term)")
     parser.add_argument("--fp-time-sampling", default="log_sigma", choices=["uniform", "log_sigma"])
