@@ -6,11 +6,17 @@ molscore sample CONFIG     # diffusion samples
 molscore simulate CONFIG   # Langevin simulation with the learned force field (resumes)
 molscore evaluate CONFIG   # metrics.json and density.png
 molscore run CONFIG        # all of the above
+
+Exit codes: 0 done, 2 bad config or input (the message names it), 3 a simulation stopped by its guard (the frames
+up to the last good check are kept).
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+import yaml
 
 from molscore import __version__
 from molscore.config import ConfigError
@@ -32,13 +38,25 @@ def main(argv=None) -> int:
         print(f"molscore: {err}", file=sys.stderr)
         return 2
     progress = not args.quiet
-    if args.stage == "run":
-        result = run_all(cfg, progress)
-    elif args.stage in ("data", "evaluate"):
-        result = STAGES[args.stage](cfg)
-    else:
-        result = STAGES[args.stage](cfg, progress=progress)
+    try:
+        if args.stage == "run":
+            result = run_all(cfg, progress)
+        elif args.stage in ("data", "evaluate"):
+            result = STAGES[args.stage](cfg)
+        else:
+            result = STAGES[args.stage](cfg, progress=progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # the stages' messages name the problem
+        print(f"molscore {args.stage}: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2) if isinstance(result, dict) else f"wrote {result}")
+    status_file = Path(cfg.run_dir) / "simulation" / "status.yaml"
+    if args.stage in ("simulate", "run") and status_file.is_file():
+        status = yaml.safe_load(status_file.read_text()) or {}
+        if status.get("stable") is False:  # stopped by its guard: frames kept, but the run failed
+            kept = f"frames up to step {status.get('last_good_step')} are kept in {status_file.parent}"
+            print(f"molscore {args.stage}: simulation stopped at step {status.get('step')}: {status.get('message')}\n"
+                  + kept, file=sys.stderr)  # fmt: skip
+            return 3
     return 0
 
 

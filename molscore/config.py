@@ -159,13 +159,31 @@ def _build(schema: type[T], data: Mapping, prefix: str, where: str) -> T:
         raise ConfigError(f"invalid config section {section}{where}: {err}") from err
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(source: str | os.PathLike | Mapping, schema: type[T]) -> T:
     """Read a YAML file (or take a dict) and build the dataclass ``schema`` from it, strictly.
 
     Parameters
     ----------
     source : str, path or mapping
-        Path of a YAML file (read with ``yaml.safe_load``; an empty file is ``{}``) or an already parsed dict.
+        Path of a YAML file (read with a ``yaml.SafeLoader`` that rejects duplicate keys; an empty file is ``{}``)
+        or an already parsed dict.
     schema : dataclass type
         The (possibly nested) dataclass to build; fields without defaults are required keys.
 
@@ -191,7 +209,7 @@ def load_config(source: str | os.PathLike | Mapping, schema: type[T]) -> T:
             raise FileNotFoundError(f"config file not found: '{path}' (resolved: '{path.resolve()}')")
         where = f" in {path}"
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from err
         data = {} if data is None else data

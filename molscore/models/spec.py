@@ -57,9 +57,29 @@ class ModelSpec:
         return asdict(self)
 
 
+def _check_network_options(network: str, options: dict) -> None:
+    """Unknown keyword options of a network are a ConfigError naming them, the allowed ones and a close match."""
+    import difflib
+    import inspect
+
+    from molscore.config import ConfigError
+
+    fixed = ("self", "n_particles", "dim", "output")
+    allowed = [p for p in inspect.signature(NETWORKS[network]).parameters if p not in fixed]
+    for key in options:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"unknown config key 'model.network_options.{key}' for network {network!r}; allowed: "
+                f"{', '.join(allowed)}{extra}"
+            )
+
+
 def _single(spec: ModelSpec, parameterisation: str) -> nn.Module:
     if spec.network not in NETWORKS:
         raise ValueError(f"network {spec.network!r} unknown; choose from {sorted(NETWORKS)}")
+    _check_network_options(spec.network, spec.network_options)
     net = NETWORKS[spec.network](spec.n_particles, spec.dim, output=parameterisation, **spec.network_options)
     wrapper = EnergyScore if parameterisation == "energy" else DirectScore
     if (spec.angle_prior or spec.repulsion_prior or spec.dihedral_prior) and not spec.bonds:

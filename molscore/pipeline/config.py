@@ -30,6 +30,9 @@ class DataConfig:
     n_test_replicas: int = 2
     seed: int = 0
 
+    def __post_init__(self):
+        _positive(self, "data", "n_train", "n_validation", "n_test", "stride", "n_validation_replicas", "n_test_replicas")
+
 
 @dataclass
 class ModelConfig:
@@ -74,8 +77,7 @@ class SampleConfig:
     snr: float = 0.16
 
     def __post_init__(self):
-        if self.n_steps < 1:
-            raise ValueError(f"sample.n_steps must be >= 1, got {self.n_steps}")
+        _positive(self, "sample", "n_samples", "n_steps", "batch_size")
         if self.corrector_steps < 0:
             raise ValueError(f"sample.corrector_steps must be >= 0, got {self.corrector_steps}")
         if not self.snr > 0 or self.snr == float("inf"):
@@ -101,12 +103,15 @@ class SimulateConfig:
     max_minutes : wall-clock budget; the run stops early with a checkpoint (rerun to go on towards ``steps``)
     bond_slack : molecules stop (keeping the frames so far) when a bond leaves [1 - slack, 1 + slack] x the
         range of its lengths in the training data
+    escape_factor : every run stops (keeping the frames so far) when a coordinate leaves the training data's
+        range widened by this factor times the range on each side (molecules: relative to their centroid)
     """
 
     replicas: int = 500
     steps: int = 4000
     max_minutes: float | None = None
     bond_slack: float = 0.5
+    escape_factor: float = 10.0
     timestep: float | None = None
     friction: float | None = None
     t_eval: float | None = None
@@ -116,6 +121,24 @@ class SimulateConfig:
     checkpoint_interval: int = 1000
     compile: bool = False
     seed: int = 0
+
+    def __post_init__(self):
+        _positive(self, "simulate", "replicas", "steps", "report_interval", "chunk_frames", "checkpoint_interval")
+        for key in ("timestep", "max_minutes", "bond_slack", "escape_factor"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"simulate.{key} must be positive and finite, got {value}")
+        if self.friction is not None and not 0 <= self.friction < float("inf"):
+            raise ValueError(f"simulate.friction must be >= 0 (0: no thermostat, Verlet) and finite, got {self.friction}")
+        if self.t_eval is not None and not 0 < self.t_eval <= 1:
+            raise ValueError(f"simulate.t_eval must lie in (0, 1] (None: t_min), got {self.t_eval}")
+
+
+def _positive(section, name: str, *keys: str) -> None:
+    """Raise naming ``name.key`` if one of the integer ``keys`` of ``section`` is below 1."""
+    for key in keys:
+        if getattr(section, key) < 1:
+            raise ValueError(f"{name}.{key} must be >= 1, got {getattr(section, key)}")
 
 
 @dataclass
@@ -127,6 +150,11 @@ class EvaluateConfig:
 
     bins: int = 64
     burn_in: float = 0.2
+
+    def __post_init__(self):
+        _positive(self, "evaluate", "bins")
+        if not 0 <= self.burn_in < 1:
+            raise ValueError(f"evaluate.burn_in must lie in [0, 1), got {self.burn_in}")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from molscore.dynamics import (
     Underdamped,
     load_trajectory,
 )
-from molscore.dynamics.guards import BondLengthGuard
+from molscore.dynamics.guards import BondLengthGuard, ExtentGuard
 from molscore.files import write_text_atomic
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.models import DiffusionModel, ModelSpec
@@ -56,6 +56,28 @@ def _run_dir(cfg: RunConfig, stage: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / f"config_{stage}.yaml")
     return run_dir
+
+
+def _check_md_matches_system(folder: Path, topology_file: Path, system: System) -> None:
+    """An MD folder made for another system (its manifest's ``system``, or an atom count that differs from the
+    system's structure) is refused, naming both."""
+    manifest_file = folder / "manifest.yaml"
+    manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
+    made_for = (manifest or {}).get("system")
+    if made_for is not None and made_for != system.name:
+        raise ValueError(
+            f"data.source {folder} holds MD of {made_for!r} (its manifest.yaml), but the run's system is "
+            f"{system.name!r}: set system: {made_for} or point data.source at MD of {system.name}"
+        )
+    if system.topology is not None:  # a reduced copy (export) records the atom count of the MD it came from
+        exported = "export" in (manifest or {}) and "n_atoms" in manifest
+        n_md = manifest["n_atoms"] if exported else mdtraj.load_topology(str(topology_file)).n_atoms
+        if n_md != system.topology.n_atoms:
+            where = "its manifest's n_atoms" if exported else "topology.pdb"
+            raise ValueError(
+                f"data.source {folder} has {n_md} atoms ({where}) but system {system.name!r} has "
+                f"{system.topology.n_atoms} ({system.structure}): the trajectory does not belong to this system"
+            )
 
 
 def _need(path: Path, stage: str) -> Path:
@@ -83,9 +105,19 @@ def prepare_data(cfg: RunConfig) -> Path:
     out = run_dir / "data"
     out.mkdir(exist_ok=True)
     sizes = {"train": dc.n_train, "validation": dc.n_validation, "test": dc.n_test}
+    if dc.source != "exact" and not Path(dc.source).exists():
+        raise FileNotFoundError(
+            f"data.source {dc.source!r} does not exist: give an MD folder (python workflows/generate_md.py writes "
+            "one), a .npy array of frames (M, N, d) in nm, or 'exact' for an analytic system"
+        )
     if Path(dc.source).is_dir():  # an MD folder: split by whole replicas
         folder = Path(dc.source)
-        files, topology = md_replica_files(folder), _need(folder / "topology.pdb", "data")
+        topology = folder / "topology.pdb"
+        if not topology.is_file():
+            raise FileNotFoundError(f"data.source {folder} is not an MD folder (no topology.pdb); make one with "
+                                    "python workflows/generate_md.py --system NAME --out FOLDER")  # fmt: skip
+        _check_md_matches_system(folder, topology, system)
+        files = md_replica_files(folder)
         write_molecular_splits(
             files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed
         )
@@ -227,8 +259,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     run_dir, system, sc = _run_dir(cfg, "simulate"), load_system(cfg.system), cfg.simulate
     out = run_dir / "simulation"
     # defaults: the system's integrator settings, else its reference MD set-up
-    dt = sc.timestep or system.settings.get("timestep") or system.md.get("timestep")
-    friction = sc.friction or system.settings.get("friction") or system.md.get("friction")
+    dt, friction = _integrator_setting(sc.timestep, system, "timestep"), _integrator_setting(sc.friction, system, "friction")
     if dt is None or friction is None:
         raise ValueError(f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)")
     if force_fn is None:
@@ -267,17 +298,29 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     return out
 
 
+def _integrator_setting(value, system: System, key: str):
+    """``value`` if set (0 included: friction 0 is Verlet), else the system's default, else its MD set-up's."""
+    for candidate in (value, system.settings.get(key), system.md.get(key)):
+        if candidate is not None:
+            return candidate
+    return None
+
+
 def _guards(cfg: RunConfig) -> list:
-    """A bond-length guard for molecules (bonds of the bead topology, ranges from the training data)."""
+    """An extent guard for every run (the training data's range widened by ``simulate.escape_factor``; molecules
+    relative to their centroid) and a bond-length guard for molecules (bonds of the bead topology)."""
+    train = _load_split(cfg, "train")
+    system = load_system(cfg.system)
+    guards = [ExtentGuard.from_frames(train, cfg.simulate.escape_factor, system.centred)]
     beads = Path(cfg.run_dir) / "data" / "beads.pdb"
     if not beads.exists():
-        return []
+        return guards
     topology = mdtraj.load_topology(str(beads))
     bonds = topology_bonds(topology)
     if not len(bonds):
-        return []
+        return guards
     names = [f"{topology.atom(i).name}-{topology.atom(j).name}" for i, j in bonds]
-    return [BondLengthGuard.from_frames(bonds, _load_split(cfg, "train"), cfg.simulate.bond_slack, names)]
+    return guards + [BondLengthGuard.from_frames(bonds, train, cfg.simulate.bond_slack, names)]
 
 
 def _start_frames(cfg: RunConfig, system: System) -> np.ndarray:
@@ -353,7 +396,7 @@ def evaluate(cfg: RunConfig) -> dict:
     if system.collective_variables and (run_dir / "data" / "test_replica.npy").exists():
         split = {name: (_load_split(cfg, name), _load_split(cfg, f"{name}_replica")) for name in ("test", "validation")}
         sc = cfg.simulate
-        dt = sc.timestep or system.settings.get("timestep") or system.md.get("timestep")
+        dt = _integrator_setting(sc.timestep, system, "timestep")
         source = Path(cfg.data.source)
         metrics["molecular"] = molecular_metrics(
             system, run_dir, *split["test"], *split["validation"], samples, kept, ec.bins, hist_range,

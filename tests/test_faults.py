@@ -1,0 +1,148 @@
+"""Bad input and faults: each names the problem, exits non-zero from the CLI, and leaves what was written intact."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from molscore.cli import main
+from molscore.config import ConfigError
+from molscore.dynamics.guards import ExtentGuard
+from molscore.pipeline import load_run_config, stages
+from molscore.pipeline.stages import _integrator_setting
+from molscore.system import load_system
+
+SHIPPED_MD = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference_md"
+
+
+def tiny(tmp_path, **sections):
+    config = {
+        "system": "mueller_brown",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"n_train": 1000, "n_validation": 100, "n_test": 500},
+        "model": {"network_options": {"hidden": [16, 16]}},
+        "train": {"steps": 20, "batch_size": 64, "checkpoint_every": 10, "validation_every": 10},
+        "sample": {"n_samples": 100, "n_steps": 10},
+        "simulate": {"replicas": 4, "steps": 40, "report_interval": 10, "chunk_frames": 2, "checkpoint_interval": 20},
+    }
+    for name, values in sections.items():
+        config[name] = config.get(name, {}) | values
+    return config
+
+
+def cli(tmp_path, stage, config, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config) if isinstance(config, dict) else config)
+    code = main([stage, str(path), "--quiet"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("simulate", {"timestep": 0.0}, "simulate.timestep must be positive"),
+        ("simulate", {"friction": -1.0}, "simulate.friction must be >= 0"),
+        ("simulate", {"replicas": 0}, "simulate.replicas must be >= 1"),
+        ("simulate", {"steps": -5}, "simulate.steps must be >= 1"),
+        ("simulate", {"escape_factor": 0.0}, "simulate.escape_factor must be positive"),
+        ("simulate", {"t_eval": 2.0}, "simulate.t_eval must lie in"),
+        ("sample", {"n_samples": 0}, "sample.n_samples must be >= 1"),
+        ("data", {"stride": 0}, "data.stride must be >= 1"),
+        ("evaluate", {"burn_in": 1.0}, "evaluate.burn_in"),
+    ],
+)
+def test_nonsense_values_are_config_errors(tmp_path, capsys, section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(tiny(tmp_path, **{section: values}))
+    code, err = cli(tmp_path, "simulate", tiny(tmp_path, **{section: values}), capsys)
+    assert code == 2 and message in err
+
+
+def test_zero_friction_and_explicit_values_are_honoured_not_replaced_by_defaults():
+    system = load_system("mueller_brown")
+    assert system.settings["friction"] == 1.0
+    assert _integrator_setting(0.0, system, "friction") == 0.0  # Verlet, not the default 1/ps
+    assert _integrator_setting(None, system, "friction") == 1.0
+    assert _integrator_setting(0.002, system, "timestep") == 0.002
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path, capsys):
+    text = "system: mueller_brown\nrun_dir: run\ntrain:\n  steps: 10\n  steps: 20\n"
+    code, err = cli(tmp_path, "train", text, capsys)
+    assert code == 2 and "'steps' appears twice (lines 4 and 5)" in err
+
+
+def test_unknown_network_option_suggests_the_right_one(tmp_path, capsys):
+    config = tiny(tmp_path, model={"network_options": {"hiden": [16]}})
+    assert cli(tmp_path, "data", config, capsys)[0] == 0
+    code, err = cli(tmp_path, "train", config, capsys)
+    assert code == 2 and "model.network_options.hiden" in err and "did you mean 'hidden'" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_missing_data_source_is_named_in_the_data_stage(tmp_path, capsys):
+    code, err = cli(tmp_path, "data", tiny(tmp_path, data={"source": str(tmp_path / "nowhere")}), capsys)
+    assert code == 2 and "does not exist" in err and "nowhere" in err and "run the 'data' stage first" not in err
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    code, err = cli(tmp_path, "data", tiny(tmp_path, data={"source": str(empty)}), capsys)
+    assert code == 2 and "not an MD folder (no topology.pdb)" in err
+
+
+def test_md_of_another_system_is_refused(tmp_path, capsys):
+    source = SHIPPED_MD
+    data = {"source": str(source), "resolution": "heavy", "n_validation_replicas": 1, "n_test_replicas": 1}
+    config = {"system": "valine_dipeptide", "run_dir": str(tmp_path / "run"), "data": data}
+    code, err = cli(tmp_path, "data", config, capsys)
+    assert code == 2 and "holds MD of 'alanine_dipeptide'" in err and "valine_dipeptide" in err
+    assert not (tmp_path / "run" / "data" / "train.npy").exists()
+
+
+def test_md_with_the_wrong_atom_count_is_refused(tmp_path):
+    import shutil
+
+    source, copy = SHIPPED_MD, tmp_path / "md"
+    copy.mkdir()
+    shutil.copy(source / "topology.pdb", copy / "topology.pdb")
+    shutil.copytree(source / "replica_000", copy / "replica_000")
+    manifest = yaml.safe_load((source / "manifest.yaml").read_text())
+    manifest["n_atoms"] = 28  # as if exported from MD of a 28-atom molecule
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    cfg = load_run_config({"system": "alanine_dipeptide", "run_dir": str(tmp_path / "run"),
+                           "data": {"source": str(copy), "n_validation_replicas": 1, "n_test_replicas": 1}})  # fmt: skip
+    with pytest.raises(ValueError, match="has 28 atoms .* but system 'alanine_dipeptide' has 22"):
+        stages.prepare_data(cfg)
+
+
+def test_extent_guard_flags_an_escaped_particle_and_ignores_centroid_drift():
+    frames = np.random.default_rng(0).uniform([-3.0, -1.5], [2.0, 3.5], size=(500, 1, 2))
+    guard = ExtentGuard.from_frames(frames, factor=10.0)
+    pos = torch.tensor([[[0.0, 1.0]], [[884.0, 0.0]], [[-40.0, 40.0]]])
+    assert guard(pos).tolist() == [False, True, False]
+    assert "particle 0 of replica 1 is at 884 nm in dimension 0" in guard.describe(pos, guard(pos))
+    molecule = np.random.default_rng(1).normal(size=(100, 5, 3)) * 0.1
+    centred = ExtentGuard.from_frames(molecule, factor=10.0, centred=True)
+    drifted = torch.as_tensor(molecule[:2] + 50.0)  # the whole molecule diffused 50 nm away: fine
+    exploded = torch.as_tensor(molecule[:1].copy())
+    exploded[0, 0] += 100.0  # one bead 100 nm from the others
+    assert centred(drifted).tolist() == [False, False] and centred(exploded).tolist() == [True]
+    with pytest.raises(ValueError, match="factor"):
+        ExtentGuard.from_frames(frames, factor=0.0)
+
+
+def test_a_simulation_stopped_by_its_guard_exits_non_zero_and_keeps_its_frames(tmp_path, capsys):
+    config = tiny(tmp_path, simulate={"timestep": 2.0, "steps": 200, "report_interval": 1, "chunk_frames": 5})
+    for stage in ("data", "train"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
+    code, err = cli(tmp_path, "simulate", config, capsys)
+    status = yaml.safe_load((tmp_path / "run" / "simulation" / "status.yaml").read_text())
+    assert code == 3 and status["stable"] is False and "simulation stopped at step" in err
+    assert "frames up to step" in err and list((tmp_path / "run" / "simulation").glob("chunk_*.npz"))
+
+
+def test_a_good_run_exits_zero(tmp_path, capsys):
+    config = tiny(tmp_path)
+    for stage in ("data", "train", "simulate"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
