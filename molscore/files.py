@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the complete new one, never a partial one;
+and reads of saved tensors that name the file, and the fix, when it is damaged anyway (a copy cut short, a full
+disk)."""
 
 import os
 import tempfile
@@ -32,3 +34,18 @@ def write_text_atomic(path, text: str) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+class CorruptFileError(ValueError):
+    """A saved file cannot be read; the message names it and what to do."""
+
+
+def read_torch_file(path, what: str, fix: str, map_location=None):
+    """``torch.load(path, weights_only=True)`` (no code is executed) with damage reported as
+    :class:`CorruptFileError`: "``path`` is not a readable ``what`` (reason); ``fix``"."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, garbage or a foreign pickle
+        raise CorruptFileError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from err

@@ -146,3 +146,37 @@ def test_a_good_run_exits_zero(tmp_path, capsys):
     config = tiny(tmp_path)
     for stage in ("data", "train", "simulate"):
         assert cli(tmp_path, stage, config, capsys)[0] == 0
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_corrupt_model_checkpoint_and_chunk_are_named(tmp_path, capsys):
+    config = tiny(tmp_path)
+    for stage in ("data", "train", "simulate"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
+    run = tmp_path / "run"
+    chunk = sorted((run / "simulation").glob("chunk_*.npz"))[0]
+    truncate(chunk)
+    code, err = cli(tmp_path, "evaluate", config, capsys)
+    assert code == 2 and f"{chunk} is not a readable trajectory chunk" in err and "rerun the simulation" in err
+    truncate(run / "simulation" / "checkpoint.pt")
+    config["simulate"]["steps"] = 80  # resuming reads the checkpoint
+    code, err = cli(tmp_path, "simulate", config, capsys)
+    assert code == 2 and "checkpoint.pt is not a readable simulation checkpoint" in err and "delete it" in err
+    model = run / "model.safetensors"
+    size = model.stat().st_size
+    truncate(model)
+    code, err = cli(tmp_path, "sample", config, capsys)
+    assert code == 2 and f"{model} is not a readable model file" in err and "train again" in err
+    assert model.stat().st_size == size // 2  # nothing was overwritten
+
+
+def test_garbage_openmm_state_is_named(tmp_path):
+    from molscore.interfaces.openmm_md import _saved_steps
+
+    (tmp_path / "state.xml").write_text("not xml at all")
+    with pytest.raises(ValueError, match=r"state.xml is not a readable OpenMM state .* delete it to regenerate"):
+        _saved_steps(tmp_path)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from molscore.dynamics.state import State
+from molscore.files import CorruptFileError
 
 CHUNK_GLOB = "chunk_*.npz"
 
@@ -169,6 +170,12 @@ def load_trajectory(folder) -> dict[str, np.ndarray]:
         raise ValueError(f"{folder}: chunk files are not numbered 0..{len(paths) - 1} (found {indices})")
     parts = []
     for p in paths:
-        with np.load(p, allow_pickle=False) as data:
-            parts.append({k: data[k] for k in data.files})
+        try:
+            with np.load(p, allow_pickle=False) as data:
+                parts.append({k: data[k] for k in data.files})
+        except Exception as err:  # truncated or garbage
+            raise CorruptFileError(
+                f"{p} is not a readable trajectory chunk ({type(err).__name__}: {err}); remove the folder "
+                f"{folder} and rerun the simulation to regenerate it"
+            ) from err
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}

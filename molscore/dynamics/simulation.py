@@ -14,6 +14,7 @@ from molscore.dynamics.integrators import Integrator
 from molscore.dynamics.noise import SeededNoise
 from molscore.dynamics.state import State
 from molscore.dynamics.terms import Term
+from molscore.files import read_torch_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -29,7 +30,8 @@ class SimulationError(RuntimeError):
 
 def read_checkpoint(path, map_location=None) -> dict:
     """Load a checkpoint written by :meth:`Simulation.save_checkpoint` (plain tensors and numbers only)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    fix = "delete it to restart the simulation from its start frames (the chunks after its step are then rewritten)"
+    ckpt = read_torch_file(path, "simulation checkpoint", fix, map_location=map_location)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a molscore simulation checkpoint (format {ckpt.get('format')!r})")
     return ckpt

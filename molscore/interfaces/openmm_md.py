@@ -30,6 +30,7 @@ import yaml
 from openmm import app, unit
 
 from molscore import __version__
+from molscore.files import CorruptFileError
 
 if TYPE_CHECKING:
     import mdtraj
@@ -269,7 +270,15 @@ def _seed(*key: int) -> int:
 
 def _saved_steps(directory: Path) -> int:
     path = directory / "state.xml"
-    return openmm.XmlSerializer.deserialize(path.read_text()).getStepCount() if path.is_file() else 0
+    if not path.is_file():
+        return 0
+    try:
+        return openmm.XmlSerializer.deserialize(path.read_text()).getStepCount()
+    except Exception as err:  # truncated or garbage
+        raise CorruptFileError(
+            f"{path} is not a readable OpenMM state ({type(err).__name__}: {err}); delete it to regenerate "
+            f"replica {directory.name} from its start (its chunks are then rewritten)"
+        ) from err
 
 
 def _dcd_frames(path: Path) -> int:

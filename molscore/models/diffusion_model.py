@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from molscore.diffusion.sde import VPSDE
+from molscore.files import CorruptFileError
 from molscore.geometry import remove_centroid
 from molscore.models.spec import ModelSpec, build_score_model
 
@@ -126,12 +127,17 @@ class DiffusionModel(nn.Module):
             raise FileNotFoundError(f"no saved model at {path}; train one first (molscore train CONFIG)")
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        fix = "train again (molscore train CONFIG, which resumes from its checkpoint) or copy the file anew"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except Exception as err:  # truncated or not a safetensors file
+            raise CorruptFileError(f"{path} is not a readable model file ({type(err).__name__}: {err}); {fix}") from err
         if meta.get("format") != "molscore.DiffusionModel/1":
             raise ValueError(f"{path} is not a molscore model file (metadata format {meta.get('format')!r})")
         spec = ModelSpec(**json.loads(meta["spec"]))
         score_model = build_score_model(spec, dtype)
-        score_model.load_state_dict(load_file(str(path)))
+        score_model.load_state_dict(state)
         model = cls(spec, score_model, VPSDE(**json.loads(meta["sde"])), float(meta["scale"]), float(meta["kT"]))
         return model.to(device=device, dtype=dtype)

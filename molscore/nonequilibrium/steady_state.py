@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from molscore.dynamics.noise import SeededNoise
 from molscore.dynamics.simulation import SimulationError
+from molscore.files import read_torch_file
 from molscore.nonequilibrium.driven_system import DrivenSystem
 
 Increment = Callable[[Tensor, Tensor], Tensor]
@@ -134,7 +135,7 @@ def run_steady_state(
     seconds = 0.0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.is_file():
-        ckpt = torch.load(checkpoint, weights_only=True)
+        ckpt = read_torch_file(checkpoint, "steady-state checkpoint", "delete it to start the windows afresh")
         if ckpt["settings"] != settings:
             raise ValueError(
                 f"checkpoint {checkpoint} was written with settings {ckpt['settings']}, not {settings}; "

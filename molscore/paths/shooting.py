@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from molscore.dynamics import SeededNoise
-from molscore.files import atomic_write
+from molscore.files import atomic_write, read_torch_file
 from molscore.paths.ensemble import PathEnsemble
 from molscore.paths.path_batch import PathBatch
 from molscore.paths.path_dynamics import ForceFieldLangevin, Segment, propagate
@@ -235,7 +235,7 @@ class ShootingTPS:
             torch.save(state, tmp)
 
     def _resume(self, path: Path):
-        state = torch.load(path, weights_only=True)
+        state = read_torch_file(path, "path-sampling checkpoint", "delete it to start the chains afresh")
         if state["settings"] != asdict(self.settings):
             raise ValueError(
                 f"{path} was written with settings {state['settings']}, not {asdict(self.settings)}; "

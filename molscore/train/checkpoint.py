@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from molscore.files import read_torch_file
+
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically (tmp + rename)."""
@@ -20,7 +22,4 @@ def load_checkpoint(path: str | Path, device="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; check the run folder or start training afresh")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # corrupted or foreign file
-        raise ValueError(f"{path} is not a readable molscore checkpoint ({err}); delete it to restart") from err
+    return read_torch_file(path, "molscore checkpoint", "delete it to restart training", map_location=device)
