@@ -6,6 +6,7 @@ molscore sample CONFIG     # diffusion samples
 molscore simulate CONFIG   # Langevin simulation with the learned force field (resumes)
 molscore evaluate CONFIG   # metrics.json and density.png
 molscore run CONFIG        # all of the above
+molscore STAGE CONFIG --overwrite   # delete the stage's outputs first (a resumed stage refuses changed settings)
 
 Exit codes: 0 done, 2 bad config or input (the message names it), 3 a simulation stopped by its guard (the frames
 up to the last good check are kept).
@@ -21,6 +22,7 @@ import yaml
 from molscore import __version__
 from molscore.config import ConfigError
 from molscore.pipeline import STAGES, load_run_config, run_all
+from molscore.pipeline.run_folder import clear
 
 
 def main(argv=None) -> int:
@@ -31,6 +33,10 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=f"run the '{name}' stage" if name != "run" else "run every stage")
         p.add_argument("config", help="run config (YAML)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--overwrite", action="store_true",
+            help="delete what this stage (with 'run': every stage) wrote in the run folder first, then run afresh",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.config)
@@ -38,6 +44,10 @@ def main(argv=None) -> int:
         print(f"molscore: {err}", file=sys.stderr)
         return 2
     progress = not args.quiet
+    if args.overwrite:
+        for stage in STAGES if args.stage == "run" else [args.stage]:
+            for path in clear(cfg, stage):
+                print(f"--overwrite: removed {path}", file=sys.stderr)
     try:
         if args.stage == "run":
             result = run_all(cfg, progress)

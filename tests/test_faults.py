@@ -180,3 +180,61 @@ def test_garbage_openmm_state_is_named(tmp_path):
     (tmp_path / "state.xml").write_text("not xml at all")
     with pytest.raises(ValueError, match=r"state.xml is not a readable OpenMM state .* delete it to regenerate"):
         _saved_steps(tmp_path)
+
+
+def recorded(tmp_path, stage):
+    return yaml.safe_load((tmp_path / "run" / f"config_{stage}.yaml").read_text())[stage]
+
+
+def test_resumed_training_honours_more_steps_and_refuses_other_changes(tmp_path, capsys):
+    config = tiny(tmp_path)
+    for stage in ("data", "train"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
+    summary = tmp_path / "run" / "train" / "summary.yaml"
+    assert yaml.safe_load(summary.read_text())["steps"] == 20
+    changed = tiny(tmp_path, train={"steps": 40, "learning_rate": 5e-2, "seed": 7})
+    code, err = cli(tmp_path, "train", changed, capsys)
+    assert code == 2 and "train.learning_rate: 0.0003 before, 0.05 now" in err and "train.seed: 0 before, 7 now" in err
+    assert "--overwrite" in err and recorded(tmp_path, "train")["steps"] == 20  # the record is the run that happened
+    more = tiny(tmp_path, train={"steps": 40})
+    assert cli(tmp_path, "train", more, capsys)[0] == 0
+    assert yaml.safe_load(summary.read_text())["steps"] == 40 and recorded(tmp_path, "train")["steps"] == 40
+    code, err = cli(tmp_path, "train", tiny(tmp_path, train={"steps": 30}), capsys)
+    assert code == 2 and "fewer cannot be resumed" in err
+    assert cli(tmp_path, "train", changed, capsys)[0] != 0
+    path = tmp_path / "config.yaml"
+    assert main(["train", str(path), "--quiet", "--overwrite"]) == 0  # starts afresh with the new settings
+    assert recorded(tmp_path, "train")["learning_rate"] == 5e-2 and yaml.safe_load(summary.read_text())["steps"] == 40
+
+
+def test_extra_steps_run_at_the_final_learning_rate_after_the_schedule(tmp_path):
+    from molscore.models import ModelSpec
+    from molscore.train.estimator import ScoreEstimator, TrainConfig
+
+    spec = ModelSpec(1, 2, centred=False, mixture_boundaries=[0.1, 0.6])
+    data = torch.randn(256, 1, 2)
+    first = TrainConfig(steps=30, batch_size=16, validation_every=10**9, checkpoint_every=10)
+    ScoreEstimator(spec, first).fit(data, 1.0, checkpoint_dir=tmp_path, progress=False)
+    later = ScoreEstimator(spec, TrainConfig(**{**first.__dict__, "steps": 50}))
+    later.fit(data, 1.0, checkpoint_dir=tmp_path, progress=False)
+    assert later.step == 50 and later.extra_steps == 20
+    stages = later._stages
+    assert [s["stop"] for s in stages] == [5, 10, 50] and stages[-1]["decay_stop"] == 30  # experts' plan unchanged
+    assert later._learning_rate(40, stages[-1]) == pytest.approx(first.final_learning_rate)
+
+
+def test_resumed_simulation_refuses_changed_settings_and_honours_more_steps(tmp_path, capsys):
+    config = tiny(tmp_path)
+    for stage in ("data", "train", "simulate"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
+    chunks = sorted((tmp_path / "run" / "simulation").glob("chunk_*.npz"))
+    before = {p.name: p.read_bytes() for p in chunks}
+    changed = tiny(tmp_path, simulate={"replicas": 8, "timestep": 0.001, "seed": 3})
+    code, err = cli(tmp_path, "simulate", changed, capsys)
+    assert code == 2 and "simulate.replicas: 4 before, 8 now" in err and "simulate.seed: 0 before, 3 now" in err
+    assert recorded(tmp_path, "simulate")["replicas"] == 4
+    assert {p.name: p.read_bytes() for p in chunks} == before  # nothing written was touched
+    assert cli(tmp_path, "simulate", tiny(tmp_path, simulate={"steps": 80}), capsys)[0] == 0
+    from molscore.dynamics import load_trajectory
+
+    assert load_trajectory(tmp_path / "run" / "simulation")["pos"].shape[:2] == (9, 4)  # frames at 0, 10, ..., 80

@@ -141,7 +141,8 @@ class TrajectoryReporter:
         if old and not self.overwrite:
             raise FileExistsError(
                 f"{self.folder} already holds {len(old)} chunk file(s) of another run; choose a new folder, "
-                "resume with Simulation.from_checkpoint, or pass overwrite=True to delete them"
+                "resume with Simulation.from_checkpoint, or pass overwrite=True to delete them (command line: molscore "
+                "simulate CONFIG --overwrite)"
             )
         for path in old:
             path.unlink()

@@ -44,6 +44,7 @@ from molscore.interfaces.trajectory_files import write_replicas, write_trajector
 from molscore.models import DiffusionModel, ModelSpec
 from molscore.pipeline.config import RunConfig
 from molscore.pipeline.molecular_evaluation import molecular_metrics
+from molscore.pipeline.run_folder import check_resume
 from molscore.sampling import sample as diffusion_sample
 from molscore.system import System, load_system
 from molscore.train.estimator import ScoreEstimator
@@ -189,6 +190,7 @@ def bead_masses(cfg: RunConfig, system: System) -> torch.Tensor:
 
 def train(cfg: RunConfig, progress: bool = True) -> Path:
     """Fit the model; resumes from ``train/checkpoint.pt`` if present. Writes ``model.safetensors``."""
+    check_resume(cfg, "train", Path(cfg.run_dir) / "train" / "checkpoint.pt")
     run_dir, system = _run_dir(cfg, "train"), load_system(cfg.system)
     data = torch.as_tensor(_load_split(cfg, "train"))
     validation = torch.as_tensor(_load_split(cfg, "validation"))
@@ -256,6 +258,7 @@ def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
     good check, and ``simulation/status.yaml`` says what happened (``stable: false`` and the message);
     ``max_minutes`` stops it early with ``finished: false`` (rerun to continue).
     """
+    check_resume(cfg, "simulate", Path(cfg.run_dir) / "simulation" / "checkpoint.pt")
     run_dir, system, sc = _run_dir(cfg, "simulate"), load_system(cfg.system), cfg.simulate
     out = run_dir / "simulation"
     # defaults: the system's integrator settings, else its reference MD set-up

@@ -82,6 +82,30 @@ class TrainConfig:
     seed: int = 0
 
 
+RESUMABLE_KEYS = ("steps", "max_minutes", "fit_steps_to_budget", "checkpoint_every", "validation_every")
+"""Settings a resumed training may change: more ``steps`` run after the saved schedule at the final learning
+rate (on the last, small-t expert of a mixture); the others only change when the run stops or logs."""
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Raise ValueError naming every setting of ``config`` that differs from the checkpoint's ``saved`` one in a
+    way resuming cannot honour (any key but :data:`RESUMABLE_KEYS`, or fewer steps than saved)."""
+    now = asdict(config)
+    changed = [
+        f"train.{key}: {saved[key]!r} in the checkpoint, {value!r} now"
+        for key, value in now.items()
+        if key not in RESUMABLE_KEYS and key in saved and saved[key] != value
+    ]
+    if now["steps"] < saved.get("steps", now["steps"]):
+        changed.append(f"train.steps: {saved['steps']} in the checkpoint, {now['steps']} now (fewer cannot be resumed)")
+    if changed:
+        raise ValueError(
+            "the training checkpoint was written with other settings: " + "; ".join(changed) + ". Resume with the "
+            "checkpoint's settings (only more steps, max_minutes, checkpoint_every and validation_every may change), "
+            "or start afresh: molscore train CONFIG --overwrite, or another run_dir"
+        )
+
+
 class ScoreEstimator:
     """Fits a :class:`DiffusionModel` to equilibrium samples.
 
@@ -123,7 +147,7 @@ class ScoreEstimator:
         self._optimizer, self._optimizer_stage = None, None
         n = spec.n_particles - 1 if spec.centred else spec.n_particles
         self.n_dof = spec.dim * n
-        self.planned_steps = self.config.steps
+        self.planned_steps, self.extra_steps = self.config.steps, 0
         self._stages = self._plan_stages()
 
     # planning ----------------------------------------------------------------------------------------
@@ -131,18 +155,25 @@ class ScoreEstimator:
         """Training stages: (expert index, t range, first step, last step), large t first."""
         cfg, model = self.config, self.score_model
         experts = getattr(model, "experts", None)
+        scheduled = self.planned_steps - self.extra_steps  # steps added on resume run after the schedule
         if experts is None:
-            return [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=self.planned_steps)]
-        fractions = list(cfg.expert_step_fractions)
-        if len(fractions) != len(experts):
-            raise ValueError(f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts")
-        counts = [round(self.planned_steps * f / sum(fractions)) for f in fractions]
-        counts[-1] = self.planned_steps - sum(counts[:-1])
-        stages, start = [], 0
-        for k, count in zip(reversed(range(len(experts))), counts, strict=True):
-            lo, hi = model.time_range(k)
-            stages.append(dict(expert=k, t_range=(max(lo, self.sde.t_min), hi), start=start, stop=start + count))
-            start += count
+            stages = [dict(expert=None, t_range=(self.sde.t_min, 1.0), start=0, stop=scheduled)]
+        else:
+            fractions = list(cfg.expert_step_fractions)
+            if len(fractions) != len(experts):
+                raise ValueError(
+                    f"expert_step_fractions has {len(fractions)} entries; the mixture has {len(experts)} experts"
+                )
+            counts = [round(scheduled * f / sum(fractions)) for f in fractions]
+            counts[-1] = scheduled - sum(counts[:-1])
+            stages, start = [], 0
+            for k, count in zip(reversed(range(len(experts))), counts, strict=True):
+                lo, hi = model.time_range(k)
+                stages.append(dict(expert=k, t_range=(max(lo, self.sde.t_min), hi), start=start, stop=start + count))
+                start += count
+        for stage in stages:
+            stage["decay_stop"] = stage["stop"]
+        stages[-1]["stop"] += self.extra_steps  # the last (small-t) stage goes on at the final learning rate
         return stages
 
     def _stage(self, step: int) -> dict:
@@ -173,7 +204,7 @@ class ScoreEstimator:
 
     def _learning_rate(self, step: int, stage: dict) -> float:
         cfg = self.config
-        progress = (step - stage["start"]) / max(1, stage["stop"] - stage["start"])
+        progress = min(1.0, (step - stage["start"]) / max(1, stage["decay_stop"] - stage["start"]))
         return cfg.final_learning_rate + 0.5 * (cfg.learning_rate - cfg.final_learning_rate) * (
             1 + math.cos(math.pi * progress)
         )
@@ -395,6 +426,7 @@ class ScoreEstimator:
             "optimizer_stage": self._optimizer_stage,
             "history": self.history,
             "planned_steps": self.planned_steps,
+            "extra_steps": self.extra_steps,
             "spec": self.spec.to_dict(),
             "config": asdict(self.config),
         }
@@ -402,10 +434,13 @@ class ScoreEstimator:
     def _restore(self, state: dict) -> None:
         if state["spec"] != self.spec.to_dict():
             raise ValueError("the checkpoint was written for another model spec; use a fresh checkpoint_dir")
+        check_resumable(state["config"], self.config)
         self.step, self.scale, self.kT = state["step"], state["scale"], state["kT"]
         self.skipped_steps, self.history = state["skipped_steps"], state["history"]
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.planned_steps = int(state.get("planned_steps", self.config.steps))
+        more = self.config.steps - int(state["config"]["steps"])  # honoured: they run after the saved schedule
+        self.planned_steps = int(state.get("planned_steps", self.config.steps)) + max(0, more)
+        self.extra_steps = int(state.get("extra_steps", 0)) + max(0, more)
         self._stages = self._plan_stages()
         self.score_model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
