@@ -116,6 +116,25 @@ def test_extension_appends_frames_and_skips_complete_replicas(alanine, tmp_path)
         assert 0 < step < 0.5  # the first new frame continues 1 ps after the last saved one
 
 
+def test_a_damaged_chunk_is_caught_and_its_replica_regenerated_identically(alanine, tmp_path):
+    from molscore.data.trajectories import dcd_frames, load_frames
+    from molscore.files import CorruptFileError
+
+    out = generate_md(alanine, tmp_path / "md", processes=1, **TINY)
+    before = frames_of(out)
+    chunk = out / "replica_001" / "chunk_000001.dcd"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])  # header still says 2 frames
+    with pytest.raises(CorruptFileError, match="chunk_000001.dcd holds .* bytes, but its header's 2 frames"):
+        dcd_frames(chunk)
+    with pytest.raises(CorruptFileError, match="chunk_000001.dcd"):  # the data stage would read it
+        load_frames(replica_files(out)[1], out / "topology.pdb")
+    generate_md(alanine, out, processes=1, **TINY)  # not "complete": the replica is redone from its seed
+    after = frames_of(out)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert dcd_frames(chunk) == 2
+
+
 def test_restart_with_other_settings_raises(alanine, tmp_path):
     out = generate_md(alanine, tmp_path / "md", processes=1, **{**TINY, "replicas": 1, "length_ps": 2.0})
     with pytest.raises(ValueError, match="seed"):

@@ -1,6 +1,7 @@
 """Reading MD trajectories through mdtraj, with checks that name the problem and the fix."""
 
 import os
+import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
-from molscore.files import atomic_write
+from molscore.files import CorruptFileError, atomic_write
 
 MD_CHUNK_FORMATS = (".dcd", ".xtc", ".h5")
 """Chunk formats of an MD folder (``generate_md`` writes DCD; exported copies XTC or HDF5)."""
@@ -35,6 +36,31 @@ def md_replica_files(folder, skip_empty: bool = False) -> list[list[Path]]:
     return files
 
 
+def dcd_frames(path) -> int:
+    """Frame count of a DCD file (its header's NSET), checked against the file's size, so a chunk cut short
+    (a copy or a disk that failed) is caught instead of read as fewer frames. Raises CorruptFileError."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(100)
+        if len(head) < 100 or head[4:8] != b"CORD":
+            raise CorruptFileError(f"{path} is not a DCD file (no CORD header); delete it and regenerate it")
+        n_frames, has_cell = struct.unpack("=i", head[8:12])[0], struct.unpack("=i", head[48:52])[0] != 0
+        title = struct.unpack("=i", head[92:96])[0]
+        handle.seek(96 + title + 4)
+        atoms = handle.read(12)
+    if len(atoms) < 12:
+        raise CorruptFileError(f"{path}: DCD header cut short; delete it and regenerate it")
+    n_atoms = struct.unpack("=3i", atoms)[1]
+    expected = 96 + title + 4 + 12 + n_frames * (56 * has_cell + 3 * (8 + 4 * n_atoms))
+    size = path.stat().st_size
+    if size != expected:
+        raise CorruptFileError(
+            f"{path} holds {size} bytes, but its header's {n_frames} frames of {n_atoms} atoms need {expected}: the "
+            "chunk is damaged (cut short?); regenerate it (workflows/generate_md.py redoes a damaged replica)"
+        )
+    return n_frames
+
+
 def load_frames(files, topology, stride: int = 1, frames: slice | None = None, atom_indices=None) -> mdtraj.Trajectory:
     """Load one or several trajectory files (any mdtraj format) as one trajectory.
 
@@ -57,6 +83,9 @@ def load_frames(files, topology, stride: int = 1, frames: slice | None = None, a
             raise FileNotFoundError(f"trajectory file {f} does not exist")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    for f in files:
+        if f.suffix == ".dcd":
+            dcd_frames(f)  # a damaged chunk is an error, not fewer frames
     top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.load_topology(str(topology))
     parts, seen = [], 0
     for f in files:

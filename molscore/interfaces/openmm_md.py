@@ -18,7 +18,6 @@ LangevinMiddleIntegrator (BAOAB-like, SCIENCE.md section 3) with the timestep, f
 import multiprocessing
 import os
 import queue as queue_module
-import struct
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from openmm import app, unit
 
 from molscore import __version__
+from molscore.data.trajectories import dcd_frames
 from molscore.files import CorruptFileError
 
 if TYPE_CHECKING:
@@ -219,6 +219,11 @@ def generate_md(
         raise ValueError(f"first_replica = {first_replica}; need an integer in [0, replicas)")
     for r in range(first_replica, replicas):
         directory = out_dir / f"replica_{r:03d}"
+        damaged = _damaged_chunks(directory) if directory.is_dir() else []
+        if damaged:  # only the replica's last state is kept, so it is redone from its seed (identical frames)
+            print(f"{directory}: damaged chunk(s) {[p.name for p in damaged]}; regenerating this replica from its start")
+            for path in [*directory.glob("chunk_*.dcd"), directory / "state.xml"]:
+                path.unlink(missing_ok=True)
         steps = _saved_steps(directory)
         done_ps += min(steps, equilibration_steps + n_frames * steps_per_frame) * dt
         if steps == 0 or steps < equilibration_steps + n_frames * steps_per_frame:
@@ -281,13 +286,15 @@ def _saved_steps(directory: Path) -> int:
         ) from err
 
 
-def _dcd_frames(path: Path) -> int:
-    """Frame count from a DCD header (NSET), without opening the file through the noisy C plugin."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-    if len(head) < 12 or head[4:8] != b"CORD":
-        raise ValueError(f"{path} is not a DCD file; delete it (and state.xml beside it) to regenerate the replica")
-    return struct.unpack("=i", head[8:12])[0]
+def _damaged_chunks(directory: Path) -> list[Path]:
+    """Chunks of a replica whose size does not match their header (cut short, garbage)."""
+    damaged = []
+    for path in sorted(directory.glob("chunk_*.dcd")):
+        try:
+            dcd_frames(path)
+        except CorruptFileError:
+            damaged.append(path)
+    return damaged
 
 
 def _covered_chunks(directory: Path, frames_done: int) -> int:
@@ -298,7 +305,7 @@ def _covered_chunks(directory: Path, frames_done: int) -> int:
             for extra in chunks[i:]:
                 extra.unlink()
             return i
-        total += _dcd_frames(path)
+        total += dcd_frames(path)
     if total != frames_done:
         raise ValueError(
             f"{directory}: state.xml is {frames_done} frames into production but the chunks hold {total}; "
