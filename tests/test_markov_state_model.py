@@ -36,6 +36,13 @@ def test_a_basin_never_visited_has_zero_population():
     assert result["msm"] == 0 and result["raw"] == 0 and result["entries"] == 0 and result["replicas_visiting"] == 0
 
 
+def test_a_basin_entered_but_never_left_has_no_estimate():
+    dtrajs = [np.array([0, 1, 0, 1, 0, 1, 2, 2, 2, 2]), np.array([1, 0, 1, 0, 1, 0, 1, 0])]
+    result = basin_population(dtrajs, np.array([False, False, True]), lag=1, n_bootstrap=5)
+    assert np.isnan(result["msm"]) and not result["connected"] and result["entries"] == 1 and result["exits"] == 0
+    assert result["raw"] == 4 / 18
+
+
 def test_torsion_grid_states_cover_the_torus():
     angles = np.linspace(-np.pi, np.pi, 13)
     states = torsion_grid_states(angles, -angles, n_bins=6)

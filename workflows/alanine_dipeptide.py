@@ -216,11 +216,15 @@ def basin_note(train: np.ndarray, test: np.ndarray, msm: dict | None = None) -> 
         if p == 0:
             line += f" The {name} replicas never visit phi > 0: the metrics cannot judge that basin."
     if msm is not None:
+        estimate = (
+            f"{100 * msm['msm']:.2f} ± {100 * msm['msm_sd']:.2f}%" if np.isfinite(msm["msm"])
+            else "not estimable (its cells are not connected both ways at this lag)"
+        )  # fmt: skip
         line += (
             f" Over all {msm['replicas']} replicas: raw {100 * msm['raw']:.2f} ± {100 * msm['raw_sd']:.2f}%, "
             f"reversible MSM (6 x 6 (phi, psi) cells, lag {msm['lag_ps']:g} ps, bootstrap over replicas) "
-            f"{100 * msm['msm']:.2f} ± {100 * msm['msm_sd']:.2f}%; {msm['entries']} entries into phi > 0 in "
-            f"{msm['replicas_visiting']} replicas{'' if msm['connected'] else ' (not all visited cells connected)'}."
+            f"{estimate}; {msm['entries']} entries into and {msm['exits']} exits from phi > 0 in "
+            f"{msm['replicas_visiting']} replicas."
         )
     return line
 

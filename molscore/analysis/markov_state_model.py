@@ -58,9 +58,10 @@ def basin_population(
     Returns
     -------
     dict: ``msm`` (stationary population of the basin), ``msm_sd`` (bootstrap sd), ``raw`` (frame fraction),
-    ``raw_sd`` (bootstrap sd of it), ``lag_frames``, ``entries`` (frames that enter the basin from outside,
-    summed over replicas), ``replicas_visiting``, ``connected`` (whether every visited state is in the largest
-    connected set: if not, the MSM leaves the others out and says so here).
+    ``raw_sd`` (bootstrap sd of it), ``lag_frames``, ``entries`` and ``exits`` (frames that enter / leave the
+    basin, summed over replicas), ``replicas_visiting``, ``connected`` (whether every visited state is in the
+    largest connected set). ``msm`` and ``msm_sd`` are NaN when a visited basin state lies outside that set
+    (e.g. the basin was entered and never left at the lag): the data cannot give its equilibrium population.
     """
     in_basin = np.asarray(in_basin, dtype=bool)
     dtrajs = [np.asarray(d, dtype=np.int64) for d in dtrajs]
@@ -75,6 +76,7 @@ def basin_population(
     n = len(in_basin)
     pi, connected = _stationary(dtrajs, lag, n)
     visited = np.unique(np.concatenate(dtrajs))
+    basin_connected = bool(np.isin(visited[in_basin[visited]], connected).all())
     raw = lambda trajs: float(np.mean(in_basin[np.concatenate(trajs)]))  # noqa: E731
     rng = np.random.default_rng(seed)
     boot_msm, boot_raw = [], []
@@ -83,13 +85,15 @@ def basin_population(
         boot_msm.append(float(_stationary(pick, lag, n)[0][in_basin].sum()))
         boot_raw.append(raw(pick))
     entries = sum(int(np.sum(~in_basin[d[:-1]] & in_basin[d[1:]])) for d in dtrajs)
-    return {
-        "msm": float(pi[in_basin].sum()),
-        "msm_sd": float(np.std(boot_msm)),
+    exits = sum(int(np.sum(in_basin[d[:-1]] & ~in_basin[d[1:]])) for d in dtrajs)
+    return {  # a basin the largest connected set leaves out (entered but never left, say) has no MSM estimate
+        "msm": float(pi[in_basin].sum()) if basin_connected else float("nan"),
+        "msm_sd": float(np.std(boot_msm)) if basin_connected else float("nan"),
         "raw": raw(dtrajs),
         "raw_sd": float(np.std(boot_raw)),
         "lag_frames": int(lag),
         "entries": entries,
+        "exits": exits,
         "replicas_visiting": int(sum(bool(in_basin[d].any()) for d in dtrajs)),
         "connected": bool(np.isin(visited, connected).all()),
     }
