@@ -9,7 +9,7 @@ molscore run CONFIG        # all of the above
 molscore STAGE CONFIG --overwrite   # delete the stage's outputs first (a resumed stage refuses changed settings)
 
 Exit codes: 0 done, 2 bad config or input (the message names it), 3 a simulation stopped by its guard (the frames
-up to the last good check are kept).
+up to the last good check are kept), 4 the run folder is in use by another process (its PID is named).
 """
 
 import argparse
@@ -21,6 +21,7 @@ import yaml
 
 from molscore import __version__
 from molscore.config import ConfigError
+from molscore.files import FolderInUseError
 from molscore.pipeline import STAGES, load_run_config, run_all
 from molscore.pipeline.run_folder import clear
 
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # the stages' messages name the problem
         print(f"molscore {args.stage}: {err}", file=sys.stderr)
         return 2
+    except FolderInUseError as err:
+        print(f"molscore {args.stage}: {err}", file=sys.stderr)
+        return 4
     print(json.dumps(result, indent=2) if isinstance(result, dict) else f"wrote {result}")
     status_file = Path(cfg.run_dir) / "simulation" / "status.yaml"
     if args.stage in ("simulate", "run") and status_file.is_file():

@@ -49,3 +49,39 @@ def read_torch_file(path, what: str, fix: str, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, garbage or a foreign pickle
         raise CorruptFileError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from err
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder, what: str = "run folder"):
+    """Hold an exclusive lock on ``folder`` (``folder/.molscore.lock``) while the block runs.
+
+    A second process that asks for it fails at once with :class:`FolderInUseError` naming the holder's PID, so two
+    trainings, simulations or MD generators never write into one folder together. The lock is an ``fcntl.flock``:
+    the operating system releases it when its process ends, even by kill -9, so no stale lock is left behind.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".molscore.lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise FolderInUseError(
+                f"{what} {folder} is in use by PID {holder}; wait for it to finish or stop it, then rerun"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # releases the lock

@@ -238,3 +238,37 @@ def test_resumed_simulation_refuses_changed_settings_and_honours_more_steps(tmp_
     from molscore.dynamics import load_trajectory
 
     assert load_trajectory(tmp_path / "run" / "simulation")["pos"].shape[:2] == (9, 4)  # frames at 0, 10, ..., 80
+
+
+def test_a_second_process_on_a_busy_run_folder_is_refused(tmp_path, capsys):
+    import os
+
+    from molscore.files import folder_lock
+
+    config = tiny(tmp_path)
+    assert cli(tmp_path, "data", config, capsys)[0] == 0
+    with folder_lock(tmp_path / "run" / "train"):  # as if another training of this run were going on
+        code, err = cli(tmp_path, "train", config, capsys)
+        assert code == 4 and f"is in use by PID {os.getpid()}" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert cli(tmp_path, "train", config, capsys)[0] == 0  # the lock went with its holder
+    with folder_lock(tmp_path / "run" / "simulation"):
+        assert cli(tmp_path, "simulate", config, capsys)[0] == 4
+
+
+def test_checkpoints_use_unique_temporary_names(tmp_path, monkeypatch):
+    import tempfile
+
+    from molscore.train.checkpoint import save_checkpoint
+
+    made = []
+    real = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+    save_checkpoint({"step": 2}, tmp_path / "checkpoint.pt")
+    assert len(made) == 2 and made[0][1] != made[1][1] and not list(tmp_path.glob(".checkpoint.pt.*"))

@@ -196,6 +196,32 @@ def test_killed_workflow_resumes(tmp_path):
         assert whole.shape == (60, 22, 3) and np.array_equal(whole, resumed)
 
 
+@pytest.mark.slow
+def test_workers_die_with_a_killed_parent_and_a_second_generator_is_refused(tmp_path):
+    """kill -9 of the parent alone: its pool workers stop within seconds (PR_SET_PDEATHSIG); while it runs, a
+    second generate_md on the same folder stops at once naming the first one's PID."""
+    from molscore.files import FolderInUseError
+
+    command = [sys.executable, str(ROOT / "workflows" / "generate_md.py"), "--replicas", "2", "--ns", "0.5"]
+    command += ["--equilibration-ps", "2", "--chunk-frames", "10", "--processes", "2", "--no-progress"]
+    job = subprocess.Popen([*command, "--out", str(tmp_path / "md")], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "md").glob("replica_*/chunk_000001.dcd")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(FolderInUseError, match=f"MD folder .* is in use by PID {job.pid}"):
+        generate_md(load_system("alanine_dipeptide"), tmp_path / "md", processes=1, **{**TINY, "length_ps": 500.0})
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()]
+    assert children, "the pool workers were not found"
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + 20
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
 def test_first_replica_reproduces_the_same_replicas_elsewhere(alanine, tmp_path):
     whole = frames_of(generate_md(alanine, tmp_path / "all", processes=1, **{**TINY, "replicas": 3}))
     part = generate_md(alanine, tmp_path / "part", processes=1, first_replica=1, **{**TINY, "replicas": 3})

@@ -12,7 +12,6 @@ byte-reproducibly (fixed zip timestamps), so a run resumed from a checkpoint wri
 uninterrupted one.
 """
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from molscore.dynamics.state import State
-from molscore.files import CorruptFileError
+from molscore.files import CorruptFileError, atomic_write
 
 CHUNK_GLOB = "chunk_*.npz"
 
@@ -31,13 +30,11 @@ def _chunk_path(folder: Path, index: int) -> Path:
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` as an uncompressed .npz readable by ``np.load``, atomically and reproducibly."""
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, arr in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 class TrajectoryReporter:

@@ -3,7 +3,6 @@ writes checkpoints from which a run resumes bit for bit.
 """
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from molscore.dynamics.integrators import Integrator
 from molscore.dynamics.noise import SeededNoise
 from molscore.dynamics.state import State
 from molscore.dynamics.terms import Term
-from molscore.files import read_torch_file
+from molscore.files import atomic_write, read_torch_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -194,10 +193,8 @@ class Simulation:
             "dt": self.dt,
             "reporters": [r.state_dict() for r in self.reporters],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:  # a unique temporary name: two writers never share one
+            torch.save(ckpt, tmp)
         self.last_checkpoint_step = s.step
 
     def load_checkpoint(self, path, map_location=None) -> None:

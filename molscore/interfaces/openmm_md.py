@@ -30,7 +30,7 @@ from openmm import app, unit
 
 from molscore import __version__
 from molscore.data.trajectories import dcd_frames
-from molscore.files import CorruptFileError
+from molscore.files import CorruptFileError, folder_lock
 
 if TYPE_CHECKING:
     import mdtraj
@@ -192,60 +192,61 @@ def generate_md(
         "chunk_frames": int(chunk_frames), "platform": platform, "molscore_version": __version__,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out_dir / "manifest.yaml", manifest)
-    _write_text(out_dir / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
+    with folder_lock(out_dir, "MD folder"):  # one generator per folder; workers die with their parent
+        _check_manifest(out_dir / "manifest.yaml", manifest)
+        _write_text(out_dir / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
 
-    structure = out_dir / "topology.pdb"
-    if not structure.is_file():
-        context = openmm.Context(omm_system, openmm.VerletIntegrator(dt), openmm.Platform.getPlatformByName(platform))
-        context.setPositions(positions)
-        openmm.LocalEnergyMinimizer.minimize(context)
-        minimised = context.getState(getPositions=True).getPositions()
-        tmp = structure.with_name(".topology.tmp.pdb")
-        with open(tmp, "w") as handle:
-            app.PDBFile.writeFile(topology, minimised, handle)
-        os.replace(tmp, structure)
-    # every replica starts from the structure as stored, so a resumed call starts new replicas identically
-    start = app.PDBFile(str(structure)).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        structure = out_dir / "topology.pdb"
+        if not structure.is_file():
+            context = openmm.Context(omm_system, openmm.VerletIntegrator(dt), openmm.Platform.getPlatformByName(platform))
+            context.setPositions(positions)
+            openmm.LocalEnergyMinimizer.minimize(context)
+            minimised = context.getState(getPositions=True).getPositions()
+            tmp = structure.with_name(".topology.tmp.pdb")
+            with open(tmp, "w") as handle:
+                app.PDBFile.writeFile(topology, minimised, handle)
+            os.replace(tmp, structure)
+        # every replica starts from the structure as stored, so a resumed call starts new replicas identically
+        start = app.PDBFile(str(structure)).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
 
-    common = {
-        "system_xml": openmm.XmlSerializer.serialize(omm_system), "positions": np.asarray(start),
-        "temperature": float(system.temperature), "friction": float(md["friction"]), "timestep": dt,
-        "steps_per_frame": steps_per_frame, "equilibration_steps": equilibration_steps, "n_frames": n_frames,
-        "chunk_frames": int(chunk_frames), "seed": int(seed), "platform": platform,
-    }  # fmt: skip
-    tasks, done_ps = [], 0.0
-    if int(first_replica) != first_replica or not 0 <= first_replica < replicas:
-        raise ValueError(f"first_replica = {first_replica}; need an integer in [0, replicas)")
-    for r in range(first_replica, replicas):
-        directory = out_dir / f"replica_{r:03d}"
-        damaged = _damaged_chunks(directory) if directory.is_dir() else []
-        if damaged:  # only the replica's last state is kept, so it is redone from its seed (identical frames)
-            print(f"{directory}: damaged chunk(s) {[p.name for p in damaged]}; regenerating this replica from its start")
-            for path in [*directory.glob("chunk_*.dcd"), directory / "state.xml"]:
-                path.unlink(missing_ok=True)
-        steps = _saved_steps(directory)
-        done_ps += min(steps, equilibration_steps + n_frames * steps_per_frame) * dt
-        if steps == 0 or steps < equilibration_steps + n_frames * steps_per_frame:
-            tasks.append({**common, "replica": r, "directory": str(directory)})
-    total_ps = (replicas - first_replica) * (equilibration_ps + n_frames * interval)
-    processes = max(1, min(processes or os.cpu_count() or 1, len(tasks) or 1))
-    began = time.perf_counter()
-    simulated_ps = _run_tasks(tasks, processes, total_ps, done_ps, progress)
-    wall = time.perf_counter() - began
-    ns_per_day = simulated_ps / 1000 / max(wall, 1e-9) * 86400
-    timing = {
-        "simulated_ns": round(simulated_ps / 1000, 6), "wall_s": round(wall, 3), "processes": processes,
-        "ns_per_day": round(ns_per_day, 1), "ns_per_day_per_process": round(ns_per_day / processes, 1),
-        "platform": platform,
-    }  # fmt: skip
-    _write_text(out_dir / "timing.yaml", yaml.safe_dump(timing, sort_keys=False))
-    if progress and simulated_ps > 0:
-        print(
-            f"{system.name}: simulated {simulated_ps / 1000:.3f} ns in {wall:.1f} s on {processes} process(es): "
-            f"{ns_per_day:.0f} ns/day ({ns_per_day / processes:.0f} per process, {platform})"
-        )
-    return out_dir
+        common = {
+            "system_xml": openmm.XmlSerializer.serialize(omm_system), "positions": np.asarray(start),
+            "temperature": float(system.temperature), "friction": float(md["friction"]), "timestep": dt,
+            "steps_per_frame": steps_per_frame, "equilibration_steps": equilibration_steps, "n_frames": n_frames,
+            "chunk_frames": int(chunk_frames), "seed": int(seed), "platform": platform,
+        }  # fmt: skip
+        tasks, done_ps = [], 0.0
+        if int(first_replica) != first_replica or not 0 <= first_replica < replicas:
+            raise ValueError(f"first_replica = {first_replica}; need an integer in [0, replicas)")
+        for r in range(first_replica, replicas):
+            directory = out_dir / f"replica_{r:03d}"
+            damaged = _damaged_chunks(directory) if directory.is_dir() else []
+            if damaged:  # only the replica's last state is kept, so it is redone from its seed (identical frames)
+                print(f"{directory}: damaged chunk(s) {[p.name for p in damaged]}; regenerating this replica from its start")
+                for path in [*directory.glob("chunk_*.dcd"), directory / "state.xml"]:
+                    path.unlink(missing_ok=True)
+            steps = _saved_steps(directory)
+            done_ps += min(steps, equilibration_steps + n_frames * steps_per_frame) * dt
+            if steps == 0 or steps < equilibration_steps + n_frames * steps_per_frame:
+                tasks.append({**common, "replica": r, "directory": str(directory)})
+        total_ps = (replicas - first_replica) * (equilibration_ps + n_frames * interval)
+        processes = max(1, min(processes or os.cpu_count() or 1, len(tasks) or 1))
+        began = time.perf_counter()
+        simulated_ps = _run_tasks(tasks, processes, total_ps, done_ps, progress)
+        wall = time.perf_counter() - began
+        ns_per_day = simulated_ps / 1000 / max(wall, 1e-9) * 86400
+        timing = {
+            "simulated_ns": round(simulated_ps / 1000, 6), "wall_s": round(wall, 3), "processes": processes,
+            "ns_per_day": round(ns_per_day, 1), "ns_per_day_per_process": round(ns_per_day / processes, 1),
+            "platform": platform,
+        }  # fmt: skip
+        _write_text(out_dir / "timing.yaml", yaml.safe_dump(timing, sort_keys=False))
+        if progress and simulated_ps > 0:
+            print(
+                f"{system.name}: simulated {simulated_ps / 1000:.3f} ns in {wall:.1f} s on {processes} process(es): "
+                f"{ns_per_day:.0f} ns/day ({ns_per_day / processes:.0f} per process, {platform})"
+            )
+        return out_dir
 
 
 def replica_files(out_dir: str | Path) -> list[list[Path]]:
@@ -387,6 +388,18 @@ def _run_replica(task: dict, report) -> float:
 def _init_worker(progress_queue) -> None:
     global _QUEUE
     _QUEUE = progress_queue
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this worker SIGTERM when its parent dies (kill -9 included), so no orphan goes on
+    writing into the MD folder (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _pool_task(task: dict) -> float:

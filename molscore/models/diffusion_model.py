@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from molscore.diffusion.sde import VPSDE
-from molscore.files import CorruptFileError
+from molscore.files import CorruptFileError, atomic_write
 from molscore.geometry import remove_centroid
 from molscore.models.spec import ModelSpec, build_score_model
 
@@ -114,9 +114,8 @@ class DiffusionModel(nn.Module):
         }
         # compiled networks (see :meth:`compile`) store their weights under "_orig_mod."; save the plain names
         state = {k.replace("_orig_mod.", ""): v.detach().contiguous() for k, v in self.score_model.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
         return path
 
     @classmethod

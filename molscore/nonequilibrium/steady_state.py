@@ -12,7 +12,6 @@ resumed from its checkpoint continues exactly.
 """
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from molscore.dynamics.noise import SeededNoise
 from molscore.dynamics.simulation import SimulationError
-from molscore.files import read_torch_file
+from molscore.files import atomic_write, read_torch_file
 from molscore.nonequilibrium.driven_system import DrivenSystem
 
 Increment = Callable[[Tensor, Tensor], Tensor]
@@ -71,9 +70,8 @@ class SteadyStateRun:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def run_steady_state(

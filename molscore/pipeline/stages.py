@@ -39,7 +39,7 @@ from molscore.dynamics import (
     load_trajectory,
 )
 from molscore.dynamics.guards import BondLengthGuard, ExtentGuard
-from molscore.files import write_text_atomic
+from molscore.files import folder_lock, write_text_atomic
 from molscore.interfaces.trajectory_files import write_replicas, write_trajectory
 from molscore.models import DiffusionModel, ModelSpec
 from molscore.pipeline.config import RunConfig
@@ -189,7 +189,13 @@ def bead_masses(cfg: RunConfig, system: System) -> torch.Tensor:
 
 
 def train(cfg: RunConfig, progress: bool = True) -> Path:
-    """Fit the model; resumes from ``train/checkpoint.pt`` if present. Writes ``model.safetensors``."""
+    """Fit the model; resumes from ``train/checkpoint.pt`` if present. Writes ``model.safetensors``. Holds the
+    lock of ``run_dir/train`` while it runs (a second training of the same run stops at once, naming the PID)."""
+    with folder_lock(Path(cfg.run_dir) / "train", "training folder"):
+        return _train(cfg, progress)
+
+
+def _train(cfg: RunConfig, progress: bool) -> Path:
     check_resume(cfg, "train", Path(cfg.run_dir) / "train" / "checkpoint.pt")
     run_dir, system = _run_dir(cfg, "train"), load_system(cfg.system)
     data = torch.as_tensor(_load_split(cfg, "train"))
@@ -250,6 +256,12 @@ def sample(cfg: RunConfig, progress: bool = True) -> Path:
 
 # simulate ------------------------------------------------------------------------------------------------
 def simulate(cfg: RunConfig, progress: bool = True, force_fn=None) -> Path:
+    """Langevin simulation of the run (:func:`_simulate`), holding the lock of ``run_dir/simulation``."""
+    with folder_lock(Path(cfg.run_dir) / "simulation", "simulation folder"):
+        return _simulate(cfg, progress, force_fn)
+
+
+def _simulate(cfg: RunConfig, progress: bool, force_fn) -> Path:
     """Langevin simulation of ``replicas`` copies with the learned forces, resumable from its checkpoint.
 
     ``force_fn`` replaces the learned force field (e.g. the exact potential's forces for a control run).

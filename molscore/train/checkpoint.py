@@ -4,16 +4,14 @@ from pathlib import Path
 
 import torch
 
-from molscore.files import read_torch_file
+from molscore.files import atomic_write, read_torch_file
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically (tmp + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:  # a unique temporary name: two writers never share one
+        torch.save(state, tmp)
     return path
 
 
