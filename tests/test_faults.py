@@ -272,3 +272,66 @@ def test_checkpoints_use_unique_temporary_names(tmp_path, monkeypatch):
     save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
     save_checkpoint({"step": 2}, tmp_path / "checkpoint.pt")
     assert len(made) == 2 and made[0][1] != made[1][1] and not list(tmp_path.glob(".checkpoint.pt.*"))
+
+
+def test_a_damaged_chunk_stops_the_simulate_stage_itself(tmp_path, capsys):
+    config = tiny(tmp_path)
+    for stage in ("data", "train", "simulate"):
+        assert cli(tmp_path, stage, config, capsys)[0] == 0
+    chunk = sorted((tmp_path / "run" / "simulation").glob("chunk_*.npz"))[0]
+    truncate(chunk)
+    code, err = cli(tmp_path, "simulate", tiny(tmp_path, simulate={"steps": 60}), capsys)
+    assert code == 2 and f"{chunk} is not a readable trajectory chunk" in err
+
+
+def run_killed_and_resumed(tmp_path, stage, config, until):
+    """Run ``molscore STAGE`` in a subprocess, kill -9 it once ``until`` exists, rerun it to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "molscore.cli", stage, str(path), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not until.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = job.poll() is None
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert killed, f"{stage} ended before it could be killed"
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_drill_kill_9_during_training_and_simulation_then_resume_gives_the_uninterrupted_run(tmp_path, capsys):
+    long = {"train": {"steps": 600, "checkpoint_every": 100}, "simulate": {"steps": 4000, "checkpoint_interval": 500}}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    for folder in (whole, cut):
+        assert cli(folder, "data", tiny(folder, **long), capsys)[0] == 0
+    for stage in ("train", "simulate"):
+        assert cli(whole, stage, tiny(whole, **long), capsys)[0] == 0
+    until = {"train": cut / "run" / "train" / "checkpoint.pt", "simulate": cut / "run" / "simulation" / "checkpoint.pt"}
+    for stage in ("train", "simulate"):
+        run_killed_and_resumed(cut, stage, tiny(cut, **long), until[stage])
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from molscore.dynamics import load_trajectory
+
+    models = [whole / "run" / "model.safetensors", cut / "run" / "model.safetensors"]
+    weights = [load_file(str(m)) for m in models]  # (the file's metadata order is not fixed between processes)
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    metadata = []
+    for m in models:
+        with safe_open(str(m), framework="pt") as f:
+            metadata.append(f.metadata())
+    assert metadata[0] == metadata[1]
+
+    a, b = (load_trajectory(f / "run" / "simulation")["pos"] for f in (whole, cut))
+    assert a.shape == b.shape and np.array_equal(a, b)

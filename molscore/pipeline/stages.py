@@ -307,9 +307,10 @@ def _simulate(cfg: RunConfig, progress: bool, force_fn) -> Path:
         print(f"{run_dir.name}: simulation stopped by its guard; frames up to the last good check are kept.\n{error}")
     write_text_atomic(out / "status.yaml", yaml.safe_dump(status, sort_keys=False))
     beads = Path(cfg.run_dir) / "data" / "beads.pdb"
-    if beads.exists() and (out / "chunk_000000.npz").exists():  # molecules: one trajectory file per replica
-        traj = load_trajectory(out)
-        write_replicas(out / "dcd", traj["pos"], beads, time_ps=traj["t"])
+    if (out / "chunk_000000.npz").exists():
+        traj = load_trajectory(out)  # every chunk read back: a damaged one is named now, not in evaluate
+        if beads.exists():  # molecules: one trajectory file per replica
+            write_replicas(out / "dcd", traj["pos"], beads, time_ps=traj["t"])
     return out
 
 
