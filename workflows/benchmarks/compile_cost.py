@@ -17,17 +17,11 @@ import time
 import torch
 
 from molscore.nn.bond_graph import BondGraphMLP
+from molscore.timing import median_seconds
 
 
 def median_ms(fn, repeats: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return 1e3 * sorted(times)[len(times) // 2]
+    return 1e3 * median_seconds(fn, 3, repeats)
 
 
 def main(argv=None) -> dict:

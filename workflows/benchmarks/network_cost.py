@@ -16,12 +16,12 @@ Run it on an idle machine: another busy process on the same cores changes every 
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from molscore.timing import median_seconds
 
 NETWORKS = {
     "bondgraph_mlp": {"hidden": [128, 128, 128]},
@@ -61,17 +61,6 @@ def estimator(network: str, bonds, bead_types, fp: bool, batch: int):
     config = TrainConfig(steps=10**9, batch_size=batch, fp_weight=5e-4 if fp else 0.0, fp_fraction=0.25,
                          time_sampling="log_sigma", validation_every=10**9, checkpoint_every=10**9)  # fmt: skip
     return ScoreEstimator(spec, config)
-
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def measure(network: str, resolution: str, fp: bool, batch: int, warmup: int, repeats: int) -> dict:
