@@ -23,7 +23,10 @@ def md_replica_files(folder, skip_empty: bool = False) -> list[list[Path]]:
     """
     folder = Path(folder)
     if not (folder / "topology.pdb").is_file():
-        raise FileNotFoundError(f"{folder} holds no MD data (topology.pdb missing); run workflows/generate_md.py")
+        raise FileNotFoundError(
+            f"{folder} is not an MD folder (no topology.pdb); make one with "
+            "python workflows/generate_md.py --system NAME --out FOLDER"
+        )
     replicas = sorted(d for d in folder.glob("replica_*") if d.is_dir())
     files = [sorted(f for f in d.glob("chunk_*") if f.suffix in MD_CHUNK_FORMATS) for d in replicas]
     if skip_empty:

@@ -113,12 +113,8 @@ def prepare_data(cfg: RunConfig) -> Path:
         )
     if Path(dc.source).is_dir():  # an MD folder: split by whole replicas
         folder = Path(dc.source)
-        topology = folder / "topology.pdb"
-        if not topology.is_file():
-            raise FileNotFoundError(f"data.source {folder} is not an MD folder (no topology.pdb); make one with "
-                                    "python workflows/generate_md.py --system NAME --out FOLDER")  # fmt: skip
+        files, topology = md_replica_files(folder), folder / "topology.pdb"  # md_replica_files checks the topology
         _check_md_matches_system(folder, topology, system)
-        files = md_replica_files(folder)
         write_molecular_splits(
             files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed
         )
@@ -287,7 +283,7 @@ def _simulate(cfg: RunConfig, progress: bool, force_fn) -> Path:
     term = Underdamped(force_fn, bead_masses(cfg, system).to(device, dtype), system.kT, friction)
     reporter = TrajectoryReporter(out, sc.report_interval, sc.chunk_frames)
     checkpoint = out / "checkpoint.pt"
-    options = {"checkpoint_path": checkpoint, "checkpoint_interval": sc.checkpoint_interval, "guards": _guards(cfg)}
+    options = {"checkpoint_path": checkpoint, "checkpoint_interval": sc.checkpoint_interval, "guards": _guards(cfg, system)}
     if checkpoint.exists():
         sim = Simulation.from_checkpoint(checkpoint, term, BAOAB(), reporters=[reporter], **options)
     else:
@@ -322,11 +318,10 @@ def _integrator_setting(value, system: System, key: str):
     return None
 
 
-def _guards(cfg: RunConfig) -> list:
+def _guards(cfg: RunConfig, system: System) -> list:
     """An extent guard for every run (the training data's range widened by ``simulate.escape_factor``; molecules
     relative to their centroid) and a bond-length guard for molecules (bonds of the bead topology)."""
     train = _load_split(cfg, "train")
-    system = load_system(cfg.system)
     guards = [ExtentGuard.from_frames(train, cfg.simulate.escape_factor, system.centred)]
     beads = Path(cfg.run_dir) / "data" / "beads.pdb"
     if not beads.exists():
