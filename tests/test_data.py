@@ -3,6 +3,7 @@
 import mdtraj
 import numpy as np
 import pytest
+import yaml
 
 from molscore.analysis.collective_variables import compute_cvs
 from molscore.data import load_frames, select_beads
@@ -104,6 +105,46 @@ def test_splits_hold_out_whole_replicas_reproducibly(tmp_path):
     owners = {name: set(np.load(data / f"{name}_replica.npy").tolist()) for name in ("train", "validation", "test")}
     assert not (owners["train"] & owners["test"]) and not (owners["train"] & owners["validation"])
     assert sum(len(o) for o in owners.values()) == 5
+
+
+def test_a_second_md_folder_is_the_whole_test_split(tmp_path):
+    train_md, test_md = fake_md(tmp_path / "md", n_replicas=4), fake_md(tmp_path / "long", n_replicas=3, seed=7)
+    spec = {"system": "alanine_dipeptide", "run_dir": str(tmp_path / "run"),
+            "data": {"source": str(train_md), "test_source": str(test_md), "resolution": "backbone",
+                     "n_validation_replicas": 1, "n_test_replicas": 2}}  # fmt: skip
+    stages.prepare_data(load_run_config(spec))
+    data = tmp_path / "run" / "data"
+    owners = {name: np.load(data / f"{name}_replica.npy") for name in ("train", "validation", "test")}
+    assert sorted(set(owners["test"].tolist())) == [0, 1, 2]  # every replica of the second folder, none held back
+    assert len(set(owners["train"].tolist())) == 3 and len(set(owners["validation"].tolist())) == 1
+    assert not set(owners["train"].tolist()) & set(owners["validation"].tolist())
+    beads = select_beads(ALA.topology, "backbone").indices
+    raw = load_frames(sorted((test_md / "replica_002").glob("*.dcd")), test_md / "topology.pdb", atom_indices=beads)
+    np.testing.assert_array_equal(np.load(data / "test.npy")[owners["test"] == 2], raw.xyz)
+    assert yaml.safe_load((data / "splits.yaml").read_text())["test_source"] == str(test_md)
+    # a test folder of other beads (heavy atoms only, asked for all atoms), or other frame intervals: refused
+    heavy = tmp_path / "heavy"
+    heavy.mkdir()
+    keep = ALA.topology.select("element != H")
+    mdtraj.load(str(test_md / "topology.pdb")).atom_slice(keep).save_pdb(str(heavy / "topology.pdb"))
+    for replica in sorted(test_md.glob("replica_*")):
+        (heavy / replica.name).mkdir()
+        traj = mdtraj.load(sorted(str(f) for f in replica.glob("*.dcd")), top=str(test_md / "topology.pdb"))
+        traj.atom_slice(keep).save_dcd(str(heavy / replica.name / "chunk_000000.dcd"))
+    spec["data"] |= {"test_source": str(heavy), "resolution": "all"}
+    with pytest.raises(ValueError, match="data.test_source .* has 10 atoms"):
+        stages.prepare_data(load_run_config(spec))
+    (heavy / "manifest.yaml").write_text(yaml.safe_dump({"n_atoms": 22, "export": {"resolution": "heavy"}}))
+    with pytest.raises(ValueError, match="beads .* are not the training MD's"):  # a reduced copy of the molecule
+        stages.prepare_data(load_run_config(spec))
+    for folder, interval in ((train_md, 1.0), (test_md, 2.0)):
+        (folder / "manifest.yaml").write_text(yaml.safe_dump({"system": "alanine_dipeptide", "frame_interval_ps": interval}))
+    spec["data"] |= {"test_source": str(test_md), "resolution": "backbone"}
+    with pytest.raises(ValueError, match="every 1.0 ps but data.test_source every 2.0"):
+        stages.prepare_data(load_run_config(spec))
+    spec["data"] |= {"test_source": str(tmp_path / "nowhere")}
+    with pytest.raises(FileNotFoundError, match="test_source .* is not an MD folder"):
+        stages.prepare_data(load_run_config(spec))
 
 
 def test_trajectory_errors_name_the_problem(tmp_path):

@@ -55,3 +55,19 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
     rows = bench.main(["--run", str(out / "mixture_fp"), "--samples", "100", "--configs", "0", "7", "9"])
     assert [r["evaluations"] for r in rows] == [25, 100, 50] and all(0 <= r["iid_js"] <= np.log(2) for r in rows)
     assert (out / "mixture_fp" / "sampler_evaluations.md").is_file()
+
+
+def test_seeds_get_their_own_run_folders_and_a_mean_row(workflow_script):
+    workflow = workflow_script("alanine_dipeptide.py")
+    args = workflow.parse_args(["--quick", "--out", "out", "--seeds", "0", "2"])
+    assert args.test_data == workflow.REFERENCE_MD_LONG  # default: tested on the independent long replicas
+    assert workflow.parse_args(["--data", "md"]).test_data is None  # a user's own MD: test replicas held out of it
+    spec = workflow.variant_config("energy", args, seed=2)
+    assert spec["run_dir"].endswith("energy_seed2") and workflow.variant_config("energy", args)["run_dir"].endswith("energy")
+    assert spec["train"]["seed"] == spec["sample"]["seed"] == spec["simulate"]["seed"] == 2
+    assert spec["data"]["test_source"] == str(workflow.REFERENCE_MD_LONG) and "seed" not in spec["data"]  # one split
+    rows = [{"model": "a", "iid / floor": 1.0, "sim stable": "yes"}, {"model": "b", "iid / floor": 3.0, "sim stable": "yes"}]
+    metrics = [{"iid": {"js": 0.1}}, {"iid": {"js": 0.3}}]
+    row = workflow.seed_summary_row("energy", rows, metrics)
+    assert row["model"] == "energy, no FP: mean ± sd over 2 seeds" and "sim stable" not in row
+    assert row["iid / floor"] == "2.0 ± 1.4" and row["iid JS (floor)"] == "0.20 ± 0.14" and row["sim JS (floor)"] == ""

@@ -11,6 +11,11 @@ effectively independent frames. Writes ``<out>/table.md`` / ``.csv``, ``<out>/ra
     python workflows/alanine_dipeptide.py --quick                      # the README's main job, < 15 min on CPU
     python workflows/alanine_dipeptide.py --train-minutes 30 --sim-minutes 10   # 5 beads, all variants
     python workflows/alanine_dipeptide.py --resolution heavy --variants energy_fp mixture_fp
+    python workflows/alanine_dipeptide.py --train-minutes 20 --variants energy mixture_fp --seeds 0 1 2
+
+By default the model trains on ``reference_md`` (40 x 5 ns) and is tested on every replica of
+``reference_md_long`` (16 x 20 ns from other seeds): test replicas no training frame seeded, with the slow basin
+visited in both (``--test-data none`` holds test replicas out of ``--data`` instead).
 """
 
 import argparse
@@ -35,6 +40,7 @@ from molscore.pipeline.variants import link_data, merged
 from molscore.system import load_system
 
 REFERENCE_MD = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide" / "reference_md"
+REFERENCE_MD_LONG = REFERENCE_MD.with_name("reference_md_long")  # 16 x 20 ns, other seeds: the default test split
 FP = {"fp_weight": 5.0e-4, "fp_fraction": 0.25, "fp_group": 4, "fp_sigma_power": 4.0, "fp_time_sampling": "log_sigma"}
 MIXTURE = {"mixture_boundaries": [0.1, 0.6]}
 VARIANTS = {
@@ -77,6 +83,11 @@ BASE = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None, help="MD folder (default: systems/alanine_dipeptide/reference_md)")
+    parser.add_argument(
+        "--test-data", default=None,
+        help="MD folder whose replicas are all the test split ('none': hold test replicas out of --data; default: "
+        "systems/alanine_dipeptide/reference_md_long with the default --data, else none)",
+    )  # fmt: skip
     parser.add_argument("--resolution", default="backbone", choices=["backbone", "heavy", "all"])
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="default: all (quick: 2)")
     parser.add_argument("--quick", action="store_true", help="short training and simulation (the README's main job)")
@@ -88,12 +99,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sim-minutes", type=float, default=None, help="wall-clock budget per simulation (resumable)")
     parser.add_argument("--replicas", type=int, default=None, help="simulation replicas")
     parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0],
+        help="training / sampling / simulation seeds, one run each (folders <variant>, <variant>_seed<k>); the table "
+        "adds mean +- sd over seeds",
+    )  # fmt: skip
+    parser.add_argument(
         "--held-out",
         type=int,
         nargs=2,
         default=(4, 8),
         metavar=("VALIDATION", "TEST"),
-        help="MD replicas held out for validation and testing (default 4 8)",
+        help="MD replicas held out for validation and testing (default 4 8; TEST is unused with --test-data)",
     )
     parser.add_argument("--out", default=None, help="output folder (default runs/alanine_dipeptide/<resolution>[_quick])")
     parser.add_argument("--device", default="cpu")
@@ -104,6 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="rebuild table and figures from finished run folders")
     args = parser.parse_args(argv)
+    if args.test_data is None:
+        args.test_data = None if args.data else REFERENCE_MD_LONG
+    elif args.test_data.lower() == "none":
+        args.test_data = None
+    args.test_data = Path(args.test_data) if args.test_data else None
     args.data = Path(args.data) if args.data else REFERENCE_MD
     if args.variants is None:
         args.variants = ["energy_fp", "mixture_fp"] if args.quick else list(VARIANTS)
@@ -112,11 +133,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def variant_config(name: str, args) -> dict:
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def variant_config(name: str, args, seed: int = 0) -> dict:
     spec = merged(merged(BASE, SETTINGS["quick" if args.quick else "full"]), VARIANTS[name])
-    spec["run_dir"] = str(Path(args.out) / name)
+    spec["run_dir"] = str(Path(args.out) / run_name(name, seed))
     spec["device"] = args.device
     spec["data"]["source"] = str(args.data)
+    spec["data"]["test_source"] = str(args.test_data) if args.test_data else ""
+    for section in ("train", "sample", "simulate"):
+        spec[section]["seed"] = seed
     spec["data"]["resolution"] = args.resolution
     spec["data"]["n_validation_replicas"], spec["data"]["n_test_replicas"] = args.held_out
     for value, (section, key) in (
@@ -135,25 +163,38 @@ def variant_config(name: str, args) -> dict:
     return spec
 
 
-def run_variant(name: str, args, shared: Path) -> dict:
-    """All stages of one variant; returns its metrics and training time."""
-    cfg = load_run_config(variant_config(name, args))
+def run_variant(name: str, args, shared: Path, seed: int = 0) -> dict:
+    """All stages of one variant at one seed; returns its metrics."""
+    cfg = load_run_config(variant_config(name, args, seed))
     run_dir = Path(cfg.run_dir)
     link_data(shared, run_dir)
-    source = Path(args.out) / "energy"
+    source = Path(args.out) / run_name("energy", seed)
     if name == "two_for_one":  # same trained model and samples as "energy"; only the force field differs
         if not (source / "model.safetensors").exists():
-            run_variant("energy", args, shared)
+            run_variant("energy", args, shared, seed)
         for f in ("model.safetensors", f"samples_{cfg.sample.method}.npy"):
             if not (run_dir / f).exists():
                 (run_dir / f).symlink_to((source / f).resolve())
     else:
         began = time.perf_counter()
         stages.train(cfg)
-        print(f"{name}: trained in {time.perf_counter() - began:.0f} s")
+        print(f"{run_dir.name}: trained in {time.perf_counter() - began:.0f} s")
         stages.sample(cfg)
     stages.simulate(cfg)
     return stages.evaluate(cfg)
+
+
+def seed_summary_row(name: str, rows: list[dict], metrics: list[dict]) -> dict:
+    """Mean ± sd over the seeds of one variant: absolute JS and every numeric column."""
+    row = {"model": f"{LABELS[name]}: mean ± sd over {len(rows)} seeds"}
+    for kind in ("iid", "sim"):
+        js = [m[kind]["js"] for m in metrics if kind in m]
+        row[f"{kind} JS (floor)"] = format_with_error(np.mean(js), np.std(js, ddof=1)) if len(js) > 1 else ""
+    for key in rows[0]:
+        values = [r.get(key) for r in rows]
+        if key not in row and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            row[key] = format_with_error(np.mean(values), np.std(values, ddof=1))
+    return row
 
 
 def stability(metrics: dict) -> str:
@@ -166,7 +207,7 @@ def stability(metrics: dict) -> str:
     return "yes" if status["finished"] else f"yes (budget ended at {status['t_ps']:.1f} ps)"
 
 
-def table_row(name: str, metrics: dict, summary: dict) -> dict:
+def table_row(name: str, metrics: dict, summary: dict, seed: int = 0) -> dict:
     mol = metrics.get("molecular", {})
 
     def floor_of(kind):  # iid: N random training frames (the data reproduced exactly); sim: MD at MD's own tau
@@ -186,7 +227,7 @@ def table_row(name: str, metrics: dict, summary: dict) -> dict:
         return format_with_error(mol[kind]["phi_positive"]["p"], mol[kind]["phi_positive"]["err"]) if kind in mol else ""
 
     return {
-        "model": LABELS[name],
+        "model": LABELS[name] + (f" (seed {seed})" if seed else ""),
         "iid JS (floor)": js_with_floor("iid"),
         "iid / floor": ratio("iid"),
         "sim JS (floor)": js_with_floor("sim"),
@@ -253,6 +294,15 @@ def main(argv=None) -> Path:
         )
     out = Path(args.out)
     shared = out / "data"
+    data_spec = variant_config(args.variants[0], args)["data"]
+    recorded = out / "config_data.yaml"
+    if (shared / "test.npy").exists() and recorded.exists():
+        before = {k: v for k, v in (yaml.safe_load(recorded.read_text())["data"]).items() if k in data_spec}
+        if {k: before.get(k) for k in data_spec} != data_spec:
+            raise SystemExit(
+                f"{out} holds data splits made with other data settings ({recorded}): pass another --out or "
+                "remove that folder"
+            )
     if not (shared / "test.npy").exists():
         stages.prepare_data(load_run_config(variant_config(args.variants[0], args) | {"run_dir": str(out)}))
     system = load_system("alanine_dipeptide")
@@ -265,25 +315,36 @@ def main(argv=None) -> Path:
     md = angles(np.load(shared / "test.npy"))
     profiles["MD (test replicas)"] = free_energy_profile(md[:, 0])
     for name in args.variants:
-        run_dir = out / name
-        if args.report_only:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        else:
-            metrics = run_variant(name, args, shared)
-        summary_file = out / ("energy" if name == "two_for_one" else name) / "train" / "summary.yaml"
-        summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
-        rows.append(table_row(name, metrics, summary))
-        iid = angles(np.load(run_dir / "samples_sde.npy"))
-        panels = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1])}
-        if (run_dir / "simulation" / "chunk_000000.npz").exists():  # absent if the guard stopped it at once
-            traj = load_trajectory(run_dir / "simulation")["pos"]
-            sim = angles(traj[int(0.2 * len(traj)) :].reshape(-1, *traj.shape[2:]))
-            panels["simulation"] = (sim[:, 0], sim[:, 1])
-            profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
-        ramachandran[LABELS[name]] = panels
+        seed_rows, seed_metrics = [], []
+        for seed in args.seeds:
+            run_dir = out / run_name(name, seed)
+            if args.report_only:
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                metrics = run_variant(name, args, shared, seed)
+            trained = out / run_name("energy" if name == "two_for_one" else name, seed)
+            summary_file = trained / "train" / "summary.yaml"
+            summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
+            seed_rows.append(table_row(name, metrics, summary, seed))
+            seed_metrics.append(metrics)
+            if seed != args.seeds[0]:
+                continue  # figures: the first seed
+            iid = angles(np.load(run_dir / "samples_sde.npy"))
+            panels = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1])}
+            if (run_dir / "simulation" / "chunk_000000.npz").exists():  # absent if the guard stopped it at once
+                traj = load_trajectory(run_dir / "simulation")["pos"]
+                sim = angles(traj[int(0.2 * len(traj)) :].reshape(-1, *traj.shape[2:]))
+                panels["simulation"] = (sim[:, 0], sim[:, 1])
+                profiles[f"{LABELS[name]}: sim"] = free_energy_profile(sim[:, 0])
+            ramachandran[LABELS[name]] = panels
+        rows += seed_rows
+        if len(seed_rows) > 1:
+            rows.append(seed_summary_row(name, seed_rows, seed_metrics))
     md_path, _ = write_table(rows, out / "table")
     with open(md_path, "a") as table:
         msm = md_basin_population(shared, angles, md_frame_interval_ps(args.data))
+        if args.test_data:
+            table.write(f"\nTraining and validation replicas: {args.data}; test replicas: all of {args.test_data}.\n")
         table.write("\n" + basin_note(angles(np.load(shared / "train.npy")), md, msm) + "\n")
     ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
     line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")

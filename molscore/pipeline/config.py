@@ -18,6 +18,9 @@ class DataConfig:
     resolution : MD folders: "all", "heavy", "backbone" (C-N-CA-C-N beads) or "calpha"
     stride : MD folders: keep every stride-th frame
     n_validation_replicas, n_test_replicas : MD folders: replicas held out for validation and testing
+    test_source : optional second MD folder of the same molecule whose replicas are all the test split (then
+        ``source`` gives training and validation only and ``n_test_replicas`` is unused): test replicas that
+        share no trajectory, start or seed with the training ones
     """
 
     source: str = "exact"
@@ -28,6 +31,7 @@ class DataConfig:
     stride: int = 1
     n_validation_replicas: int = 1
     n_test_replicas: int = 2
+    test_source: str = ""
     seed: int = 0
 
     def __post_init__(self):

@@ -59,7 +59,7 @@ def _run_dir(cfg: RunConfig, stage: str) -> Path:
     return run_dir
 
 
-def _check_md_matches_system(folder: Path, topology_file: Path, system: System) -> None:
+def _check_md_matches_system(folder: Path, topology_file: Path, system: System, key: str = "data.source") -> None:
     """An MD folder made for another system (its manifest's ``system``, or an atom count that differs from the
     system's structure) is refused, naming both."""
     manifest_file = folder / "manifest.yaml"
@@ -67,8 +67,8 @@ def _check_md_matches_system(folder: Path, topology_file: Path, system: System) 
     made_for = (manifest or {}).get("system")
     if made_for is not None and made_for != system.name:
         raise ValueError(
-            f"data.source {folder} holds MD of {made_for!r} (its manifest.yaml), but the run's system is "
-            f"{system.name!r}: set system: {made_for} or point data.source at MD of {system.name}"
+            f"{key} {folder} holds MD of {made_for!r} (its manifest.yaml), but the run's system is "
+            f"{system.name!r}: set system: {made_for} or point {key} at MD of {system.name}"
         )
     if system.topology is not None:  # a reduced copy (export) records the atom count of the MD it came from
         exported = "export" in (manifest or {}) and "n_atoms" in manifest
@@ -76,7 +76,7 @@ def _check_md_matches_system(folder: Path, topology_file: Path, system: System) 
         if n_md != system.topology.n_atoms:
             where = "its manifest's n_atoms" if exported else "topology.pdb"
             raise ValueError(
-                f"data.source {folder} has {n_md} atoms ({where}) but system {system.name!r} has "
+                f"{key} {folder} has {n_md} atoms ({where}) but system {system.name!r} has "
                 f"{system.topology.n_atoms} ({system.structure}): the trajectory does not belong to this system"
             )
 
@@ -111,12 +111,29 @@ def prepare_data(cfg: RunConfig) -> Path:
             f"data.source {dc.source!r} does not exist: give an MD folder (python workflows/generate_md.py writes "
             "one), a .npy array of frames (M, N, d) in nm, or 'exact' for an analytic system"
         )
+    if dc.test_source and not Path(dc.source).is_dir():
+        raise ValueError(f"data.test_source needs an MD folder as data.source, not {dc.source!r}")
     if Path(dc.source).is_dir():  # an MD folder: split by whole replicas
         folder = Path(dc.source)
         files, topology = md_replica_files(folder), folder / "topology.pdb"  # md_replica_files checks the topology
         _check_md_matches_system(folder, topology, system)
+        test = {}
+        if dc.test_source:  # every replica of a second MD folder is the test split
+            test_folder = Path(dc.test_source)
+            if not test_folder.is_dir():
+                raise FileNotFoundError(f"data.test_source {test_folder} is not an MD folder (python "
+                                        "workflows/generate_md.py writes one)")  # fmt: skip
+            test = {"test_files": md_replica_files(test_folder), "test_topology_file": test_folder / "topology.pdb"}
+            _check_md_matches_system(test_folder, test["test_topology_file"], system, "data.test_source")
+            intervals = md_frame_interval_ps(folder), md_frame_interval_ps(test_folder)
+            if None not in intervals and intervals[0] != intervals[1]:
+                raise ValueError(
+                    f"data.source saves a frame every {intervals[0]} ps but data.test_source every {intervals[1]} "
+                    "ps: correlation times and floors need one interval; export both at one (generate_md.py "
+                    "--export-only --export-stride)"
+                )
         write_molecular_splits(
-            files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed
+            files, topology, out, dc.resolution, dc.n_validation_replicas, dc.n_test_replicas, dc.stride, dc.seed, **test
         )
         return out
     if dc.source == "exact":
