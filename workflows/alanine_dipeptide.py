@@ -294,17 +294,17 @@ def main(argv=None) -> Path:
         )
     out = Path(args.out)
     shared = out / "data"
-    data_spec = variant_config(args.variants[0], args)["data"]
+    data_spec = variant_config(args.variants[0], args) | {"run_dir": str(out)}
     recorded = out / "config_data.yaml"
-    if (shared / "test.npy").exists() and recorded.exists():
-        before = {k: v for k, v in (yaml.safe_load(recorded.read_text())["data"]).items() if k in data_spec}
-        if {k: before.get(k) for k in data_spec} != data_spec:
+    if (shared / "test.npy").exists() and recorded.exists():  # keys missing from an older record count as changed
+        before = yaml.safe_load(recorded.read_text())["data"]
+        if {k: before.get(k) for k in data_spec["data"]} != data_spec["data"]:
             raise SystemExit(
                 f"{out} holds data splits made with other data settings ({recorded}): pass another --out or "
                 "remove that folder"
             )
     if not (shared / "test.npy").exists():
-        stages.prepare_data(load_run_config(variant_config(args.variants[0], args) | {"run_dir": str(out)}))
+        stages.prepare_data(load_run_config(data_spec))
     system = load_system("alanine_dipeptide")
     rows, ramachandran, profiles = [], {}, {}
     topology = mdtraj.load_topology(str(shared / "beads.pdb"))

@@ -13,6 +13,14 @@ from molscore.data.resolution import Beads, select_beads
 from molscore.data.trajectories import load_frames, save_pdb
 
 
+def _assign(n_replicas: int, sizes: dict[str, int], seed: int) -> dict[str, list[int]]:
+    """A seeded permutation of the replicas cut into ``sizes`` in order; the rest is "train"."""
+    order = np.random.default_rng(seed).permutation(n_replicas).tolist()
+    bounds = np.cumsum([0, *sizes.values()]).tolist()
+    splits = {name: sorted(order[a:b]) for name, a, b in zip(sizes, bounds[:-1], bounds[1:], strict=True)}
+    return splits | {"train": sorted(order[bounds[-1] :])}
+
+
 def split_replicas(n_replicas: int, n_validation: int, n_test: int, seed: int) -> dict[str, list[int]]:
     """Assign replica indices to splits at random (seeded); every split gets at least one replica."""
     if n_validation < 1 or n_test < 1 or n_validation + n_test >= n_replicas:
@@ -20,12 +28,7 @@ def split_replicas(n_replicas: int, n_validation: int, n_test: int, seed: int) -
             f"{n_replicas} replicas cannot give {n_validation} validation and {n_test} test replicas plus at "
             "least one for training; generate more replicas or hold out fewer"
         )
-    order = np.random.default_rng(seed).permutation(n_replicas).tolist()
-    return {
-        "test": sorted(order[:n_test]),
-        "validation": sorted(order[n_test : n_test + n_validation]),
-        "train": sorted(order[n_test + n_validation :]),
-    }
+    return _assign(n_replicas, {"test": n_test, "validation": n_validation}, seed)
 
 
 def _split_train_validation(n_replicas: int, n_validation: int, seed: int) -> dict[str, list[int]]:
@@ -35,8 +38,7 @@ def _split_train_validation(n_replicas: int, n_validation: int, seed: int) -> di
             f"{n_replicas} training-source replicas cannot give {n_validation} validation replicas plus at least "
             "one for training; hold out fewer (data.n_validation_replicas) or generate more"
         )
-    order = np.random.default_rng(seed).permutation(n_replicas).tolist()
-    return {"validation": sorted(order[:n_validation]), "train": sorted(order[n_validation:])}
+    return _assign(n_replicas, {"validation": n_validation}, seed)
 
 
 def _bead_names(beads: Beads) -> list[str]:
