@@ -258,17 +258,41 @@ def test_saved_metadata_is_plain_json(tmp_path):
     assert math.isclose(float(meta["scale"]), model.scale, rel_tol=0, abs_tol=0)
 
 
-@pytest.mark.slow
-def test_compiled_gnn_forces_equal_eager_forces(tmp_path):
-    """torch.compile of the networks (for long simulations) changes speed, not results; saving stays plain."""
+CHAIN = [[0, 1], [1, 2], [2, 3], [3, 4]]
+
+
+def _mixture_model(network: str, options: dict):
     from molscore.diffusion.sde import VPSDE
     from molscore.models import DiffusionModel, ModelSpec, build_score_model
 
-    spec = ModelSpec(n_particles=5, dim=3, network="gnn", network_options={"hidden_irreps": "8x0e+2x0o+4x1o+2x1e"})
-    model = DiffusionModel(spec, build_score_model(spec, torch.float64), VPSDE(), scale=0.2, kT=2.5)
+    spec = ModelSpec(n_particles=5, dim=3, network=network, network_options=options, mixture_boundaries=(0.1, 0.6),
+                     bonds=CHAIN)  # fmt: skip
+    return DiffusionModel(spec, build_score_model(spec, torch.float64), VPSDE(), scale=0.2, kT=2.5)
+
+
+@pytest.mark.parametrize("t", [None, 0.3, 0.9])
+def test_force_field_at_fixed_time_equals_forces_of_the_serving_expert(t):
+    """force_field(t) routes t to its one expert once, and gives forces(pos, t) exactly, without a graph."""
+    model = _mixture_model("bondgraph_mlp", {"hidden": [16, 16], "bonds": CHAIN})
+    for expert in model.score_model.experts:  # distinct experts, so a wrong route shows
+        torch.nn.init.normal_(expert.net.mlp[-1].weight)
+    pos = 0.2 * torch.randn(6, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    forces = model.force_field(t)(pos)
+    torch.testing.assert_close(forces, model.forces(pos, t), rtol=0, atol=0)
+    assert not forces.requires_grad and forces.shape == pos.shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network, options", [("bondgraph_mlp", {"hidden": [16, 16], "bonds": CHAIN}),
+                                              ("gnn", {"hidden_irreps": "8x0e+2x0o+4x1o+2x1e"})])  # fmt: skip
+def test_compiled_force_field_equals_eager_forces(tmp_path, network, options):
+    """torch.compile of the whole force field (network, priors, gradient) changes speed, not results; saving
+    stays plain (~20 s of compilation per network: slow)."""
+    from molscore.models import DiffusionModel
+
+    model = _mixture_model(network, options)
     pos = 0.2 * torch.randn(6, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     eager = model.forces(pos)
-    model.compile()
-    torch.testing.assert_close(model.forces(pos), eager, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.force_field(compile=True)(pos), eager, rtol=1e-9, atol=1e-9)
     reloaded = DiffusionModel.load(model.save(tmp_path / "m.safetensors"), dtype=torch.float64)
     torch.testing.assert_close(reloaded.forces(pos), eager, rtol=0, atol=0)

@@ -10,6 +10,7 @@ the model spec, so loading executes no code.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,15 +91,34 @@ class DiffusionModel(nn.Module):
         x = self.to_diffusion(pos)
         return self.kT * self.score_model.energy(x, self._times(t, x))
 
-    def compile(self) -> "DiffusionModel":
-        """Compile the networks with ``torch.compile`` (fused kernels; on CPU ~2-3x faster small-batch forces
-        for the GNN, measured). The first call per batch size compiles (minutes on CPU); worth it for long
-        simulations, not for short jobs. Returns self; :meth:`save` still writes plain weights."""
-        for module in self.score_model.modules():
-            net = getattr(module, "net", None)
-            if isinstance(net, nn.Module) and not hasattr(net, "_orig_mod"):
-                module.net = torch.compile(net, dynamic=False)
-        return self
+    def force_field(self, t: float | None = None, compile: bool = False) -> Callable[[Tensor], Tensor]:
+        """The learned forces at one fixed diffusion time, ``pos (B, N, d)`` nm -> ``(B, N, d)`` kJ/(mol nm):
+        the simulation's force field (the same values as :meth:`forces`, not differentiable).
+
+        A mixture hands t to the one expert that serves it. With ``compile``, an energy model's network, priors
+        and gradient (by ``torch.func.grad``) become one ``torch.compile`` graph: for 32 replicas of the 5-bead
+        bond-graph MLP on one CPU thread, 0.54 ms per evaluation against 4.1 ms eager (measured), after ~30 s of
+        compilation per batch size. Worth it for long simulations, not for short jobs.
+        """
+        t = self.sde.t_min if t is None else float(t)
+        model = self.score_model
+        if hasattr(model, "experts"):
+            model = model.experts[int(model.expert_index(torch.tensor([t], dtype=torch.float64)))]
+
+        def score(x: Tensor) -> Tensor:
+            times = torch.full((len(x),), t, dtype=x.dtype, device=x.device)
+            if compile and hasattr(model, "energy"):  # one traceable graph: no autograd.grad inside
+                return -torch.func.grad(lambda y: model.energy(y, times).sum())(x)
+            return model.score(x, times)
+
+        score = torch.compile(score, dynamic=False) if compile else score
+
+        def forces(pos: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.kT * score(self.to_diffusion(pos)) / self.scale
+
+        forces.model = self
+        return forces
 
     # persistence -------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

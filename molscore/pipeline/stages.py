@@ -291,10 +291,7 @@ def _simulate(cfg: RunConfig, progress: bool, force_fn) -> Path:
     if dt is None or friction is None:
         raise ValueError(f"set simulate.timestep and simulate.friction (system {system.name!r} has no defaults)")
     if force_fn is None:
-        model = _load_model(cfg).compile() if sc.compile else _load_model(cfg)
-
-        def force_fn(pos):
-            return model.forces(pos, sc.t_eval)
+        force_fn = _load_model(cfg).force_field(sc.t_eval, compile=sc.compile)
 
     dtype, device = DTYPES[cfg.dtype], torch.device(cfg.device)
     term = Underdamped(force_fn, bead_masses(cfg, system).to(device, dtype), system.kT, friction)
