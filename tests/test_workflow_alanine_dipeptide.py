@@ -71,3 +71,18 @@ def test_seeds_get_their_own_run_folders_and_a_mean_row(workflow_script):
     row = workflow.seed_summary_row("energy", rows, metrics)
     assert row["model"] == "energy, no FP: mean ± sd over 2 seeds" and "sim stable" not in row
     assert row["iid / floor"] == "2.0 ± 1.4" and row["iid JS (floor)"] == "0.20 ± 0.14" and row["sim JS (floor)"] == ""
+
+
+def test_learning_curve_runs_one_folder_per_budget_and_plots_quality_against_minutes(tmp_path, workflow_script):
+    curve = workflow_script("alanine_learning_curve.py")
+    if not (curve.workflow.REFERENCE_MD / "topology.pdb").exists():
+        pytest.skip("no reference MD shipped in systems/alanine_dipeptide/reference_md")
+    out = tmp_path / "lc"
+    argv = ["--minutes", "0.1", "0.2", "--variant", "energy", "--steps", "40", "--samples", "100", "--out", str(out)]
+    curve.main(argv + ["--sim-minutes", "0.05"])
+    rows = list(csv.DictReader((out / "learning_curve.csv").open()))
+    assert [float(r["budget (min)"]) for r in rows] == [0.1, 0.2] and (out / "learning_curve.png").is_file()
+    for row, folder in zip(rows, ("0.1min", "0.2min"), strict=True):
+        metrics = json.loads((out / folder / "energy" / "metrics.json").read_text())
+        assert float(row["iid JS (floor)"].split()[0]) == pytest.approx(metrics["iid"]["js"], abs=1e-4)
+        assert 0 < float(row["train min"]) <= 0.2 * 1.5 and float(row["FF error (kT)"]) >= 0

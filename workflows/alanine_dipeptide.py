@@ -100,6 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sim-minutes", type=float, default=None, help="wall-clock budget per simulation (resumable)")
     parser.add_argument("--replicas", type=int, default=None, help="simulation replicas")
     parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the simulation's force field (~30 s, then ~4x faster steps; default: on for the full run)",
+    )  # fmt: skip
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0],
         help="training / sampling / simulation seeds, one run each (folders <variant>, <variant>_seed<k>); the table "
         "adds mean +- sd over seeds",
@@ -156,6 +160,7 @@ def variant_config(name: str, args, seed: int = 0) -> dict:
         (args.sim_steps, ("simulate", "steps")),
         (args.sim_minutes, ("simulate", "max_minutes")),
         (args.replicas, ("simulate", "replicas")),
+        (args.compile, ("simulate", "compile")),
     ):
         if value is not None:
             spec[section][key] = value
