@@ -259,7 +259,7 @@ def test_log_likelihood_centred_gaussian_in_physical_units():
 GAUSS_MU = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 N_GAUSS, D_GAUSS = 4000, 12
 SHARP, BROAD = 0.05, 1.0  # data std in diffusion coordinates: a narrow mode, and data at the scale of the prior
-GRIDS = ("uniform", "log_sigma", "log_snr")
+GRIDS = ("uniform", "log_sigma", "log_snr", "edm")
 
 
 def gaussian_model(std: float) -> DiffusionModel:
@@ -326,7 +326,8 @@ def test_time_grid_is_monotone_and_uniform_in_its_variable(kind, n_steps):
         variable = t
     else:
         assert t[0] == sde.t_max and t[-1] == sde.t_min  # exactly
-        variable = sde.sigma(t).log() if kind == "log_sigma" else (sde.sigma(t) / sde.alpha(t)).log()
+        level = sde.sigma(t) if kind == "log_sigma" else sde.sigma(t) / sde.alpha(t)
+        variable = level ** (1 / 7) if kind == "edm" else level.log()  # Karras et al.'s rho = 7
     steps = variable.diff()
     assert torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-8, atol=0), (steps.min(), steps.max())
     span = variable[-1] - variable[0]
@@ -335,11 +336,14 @@ def test_time_grid_is_monotone_and_uniform_in_its_variable(kind, n_steps):
 
 def test_time_grid_places_steps_where_the_noise_level_changes():
     sde = VPSDE()
-    uniform, log_sigma, log_snr = (time_grid(sde, 30, kind) for kind in GRIDS)
+    uniform, log_sigma, log_snr, edm = (time_grid(sde, 30, kind) for kind in GRIDS)
     # the last step: uniform in t jumps from sigma ~0.11 to 3e-3; the log grids take 30 equal ratios
     assert float(uniform[-2]) > 0.03 and float(log_sigma[-2]) < 3e-5 and float(log_snr[-2]) < 3e-5
     # the first step: sigma(t) saturates at 1, so uniform log sigma leaves t = 1 in one jump to ~0.31
     assert 0.25 < float(log_sigma[1]) < 0.35 and float(log_snr[1]) > 0.95
+    # EDM's grid lies between: finer than uniform at small t, with fewer steps there than log SNR
+    assert float(log_snr[-2]) < float(edm[-2]) < float(uniform[-2])
+    assert int((edm < 1e-2).sum()) < int((log_snr < 1e-2).sum())
     with pytest.raises(ValueError, match="time_grid"):
         time_grid(sde, 30, "log")
     with pytest.raises(ValueError, match="n_steps"):

@@ -66,7 +66,8 @@ class SampleConfig:
 
     n_steps : predictor steps from t = 1 to t_min
     time_grid : "uniform" in t, "log_sigma" (uniform in log sigma(t): fine at small t but one long first step)
-        or "log_snr" (uniform in log sigma/alpha); see :func:`molscore.sampling.time_grid`
+        "log_snr" (uniform in log sigma/alpha) or "edm" (Karras et al.'s rho = 7 grid in sigma/alpha, between
+        uniform and log_snr); see :func:`molscore.sampling.time_grid`
     corrector_steps : Langevin corrector steps after each predictor step (predictor-corrector; "sde" only)
     snr : the corrector's signal-to-noise ratio, which sets its step size
     """
@@ -76,7 +77,7 @@ class SampleConfig:
     n_steps: int = 500
     batch_size: int = 4096
     seed: int = 0
-    time_grid: Literal["uniform", "log_sigma", "log_snr"] = "uniform"
+    time_grid: Literal["uniform", "log_sigma", "log_snr", "edm"] = "uniform"
     corrector_steps: int = 0
     snr: float = 0.16
 

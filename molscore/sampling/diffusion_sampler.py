@@ -30,13 +30,13 @@ PRIOR_STREAM = 7
 """Noise stream of the prior draw (the integrator's steps use stream 0)."""
 CORRECTOR_STREAM = 8
 """Corrector step j draws from stream CORRECTOR_STREAM + j."""
-TIME_GRIDS = ("uniform", "log_sigma", "log_snr")
+TIME_GRIDS = ("uniform", "log_sigma", "log_snr", "edm")
 MAX_ABS_POSITION = 1e4
 """Diffusion coordinates beyond this count as a blow-up."""
 CHECK_INTERVAL = 100
 """Steps between blow-up checks (and after the last step)."""
 
-TimeGrid = Literal["uniform", "log_sigma", "log_snr"]
+TimeGrid = Literal["uniform", "log_sigma", "log_snr", "edm"]
 
 
 class ReverseDiffusion(Term):
@@ -97,6 +97,12 @@ def _schedule(sde: VPSDE, n_steps: int, kind: str) -> tuple[list[float], list[fl
     return grid[:-1], [b - a for a, b in zip(grid[:-1], grid[1:], strict=True)]
 
 
+def _edm_levels(r_max: float, r_min: float, n_steps: int, rho: float = 7.0) -> Tensor:
+    """Noise levels r_i = (r_max^(1/rho) + i / n (r_min^(1/rho) - r_max^(1/rho)))^rho, i = 0..n (Karras et al.)."""
+    u = torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
+    return (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
+
+
 def time_grid(sde: VPSDE, n_steps: int, kind: TimeGrid = "uniform") -> Tensor:
     """The n_steps + 1 times t_max = t_0 > t_1 > ... > t_n = t_min the sampler steps through, float64 (CPU).
 
@@ -109,6 +115,9 @@ def time_grid(sde: VPSDE, n_steps: int, kind: TimeGrid = "uniform") -> Tensor:
         "log_snr": uniform in log(sigma(t) / alpha(t)) = -1/2 log SNR(t) (the noise level of Karras et al.'s
             EDM), mapped back the same way with sigma = r / sqrt(1 + r^2) for r = sigma / alpha. Fine steps at
             small t like "log_sigma", but no long first step (t = 1 -> 0.96 for 30 steps).
+        "edm": Karras et al.'s (2022) grid in the same level r = sigma / alpha, r_i^(1/7) uniform: between
+            "uniform" (more steps at large and middle t, where basin populations are set) and "log_snr" (fine
+            steps at small t, where bonds are).
     """
     n_steps = _check_grid(n_steps, kind)
     if kind == "uniform":
@@ -118,8 +127,8 @@ def time_grid(sde: VPSDE, n_steps: int, kind: TimeGrid = "uniform") -> Tensor:
     sigma = sde.sigma(ends)
     level = sigma if kind == "log_sigma" else sigma / sde.alpha(ends)
     log_level = torch.linspace(float(level[0].log()), float(level[1].log()), n_steps + 1, dtype=torch.float64)
-    level = log_level.exp()
-    t = sde.time_of_sigma(level if kind == "log_sigma" else level / torch.sqrt(1 + level**2))
+    level = log_level.exp() if kind != "edm" else _edm_levels(float(level[0]), float(level[1]), n_steps)
+    t = sde.time_of_sigma(level if kind == "log_sigma" else level / torch.sqrt(1 + level**2))  # r -> sigma -> t
     t[0], t[-1] = sde.t_max, sde.t_min  # exact end points (the round trip through sigma is not)
     if not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"the {kind} time grid with {n_steps} steps is not strictly decreasing in float64; use fewer steps")

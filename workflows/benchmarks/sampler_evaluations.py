@@ -19,6 +19,8 @@ CONFIGS = [  # (method, time grid, steps, corrector steps)
     ("sde", "log_snr", 25, 0), ("sde", "log_snr", 100, 0), ("sde", "log_snr", 400, 0),
     ("sde", "log_snr", 25, 1), ("sde", "log_snr", 50, 1), ("sde", "log_snr", 200, 1),
     ("ode", "log_snr", 25, 0), ("ode", "log_snr", 50, 0), ("ode", "log_snr", 200, 0),
+    ("sde", "uniform", 100, 1), ("sde", "uniform", 100, 2), ("sde", "uniform", 300, 1), ("sde", "uniform", 300, 2),
+    ("sde", "log_snr", 300, 2), ("sde", "edm", 100, 2), ("sde", "edm", 300, 2), ("ode", "edm", 200, 0),
 ]  # fmt: skip
 
 
