@@ -12,10 +12,17 @@ import mdtraj
 import yaml
 
 from molscore.data.resolution import select_beads
-from molscore.data.trajectories import load_frames, save_pdb
+from molscore.data.trajectories import dcd_frames, load_frames, save_pdb
 from molscore.files import atomic_write, write_text_atomic
 
 EXPORT_FORMATS = (".xtc", ".dcd", ".h5")
+
+
+def _frame_count(chunks: list[Path], topology_file: Path) -> int:
+    """Frames in a replica's chunks: from the DCD headers (no coordinates read), else by loading them."""
+    if all(c.suffix == ".dcd" for c in chunks):
+        return sum(dcd_frames(c) for c in chunks)
+    return len(load_frames(chunks, topology_file, atom_indices=[0]))
 
 
 def export_md(
@@ -59,10 +66,10 @@ def export_md(
     first, incomplete = None, []
     for replica in replicas:
         chunks = sorted(f for f in replica.glob("chunk_*") if f.suffix in (".dcd", ".xtc", ".h5"))
-        traj = load_frames(chunks, topology_file, atom_indices=beads.indices)
-        if expected is not None and len(traj) < expected:
+        if expected is not None and _frame_count(chunks, topology_file) < expected:
             incomplete.append(replica.name)
             continue
+        traj = load_frames(chunks, topology_file, atom_indices=beads.indices)
         traj = traj[::stride]
         first = traj[0] if first is None else first
         with atomic_write(dest / replica.name / f"chunk_000000{fmt}") as tmp:
