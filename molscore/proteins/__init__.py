@@ -1,0 +1,1 @@
+"""Proteins: C-alpha coarse-graining, the structure-based (Go) reference model and protein metrics."""
