@@ -62,7 +62,13 @@ def main():
         "--energy-only", action="store_true", help="skip the two mixture-of-experts variants (half the time)"
     )
     parser.add_argument("--variants", nargs="+", default=None, help=f"subset of {[*VARIANTS, *MIXTURES]}")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: the 92x3 MLP runs fastest on one; with 2 threads on a busy 2-core machine "
+        "a training step stalled for up to a second in OpenMP spin-waiting, measured)",
+    )  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows, panels, timings = {}, {}, {}
     shared_data = out / "data"
