@@ -7,6 +7,7 @@ import json
 import mdtraj
 import numpy as np
 import pytest
+import yaml
 
 
 def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys, workflow_script):
@@ -75,7 +76,7 @@ def test_seeds_get_their_own_run_folders_and_a_mean_row(workflow_script):
 
 def test_learning_curve_runs_one_folder_per_budget_and_plots_quality_against_minutes(tmp_path, workflow_script):
     curve = workflow_script("alanine_learning_curve.py")
-    if not (curve.workflow.REFERENCE_MD / "topology.pdb").exists():
+    if not (workflow_script("alanine_dipeptide.py").REFERENCE_MD / "topology.pdb").exists():
         pytest.skip("no reference MD shipped in systems/alanine_dipeptide/reference_md")
     out = tmp_path / "lc"
     argv = ["--minutes", "0.1", "0.2", "--variant", "energy", "--steps", "40", "--samples", "100", "--out", str(out)]
@@ -84,5 +85,7 @@ def test_learning_curve_runs_one_folder_per_budget_and_plots_quality_against_min
     assert [float(r["budget (min)"]) for r in rows] == [0.1, 0.2] and (out / "learning_curve.png").is_file()
     for row, folder in zip(rows, ("0.1min", "0.2min"), strict=True):
         metrics = json.loads((out / folder / "energy" / "metrics.json").read_text())
+        assert row["model"] == "energy, no FP" and float(row["FF error (kT)"]) >= 0
         assert float(row["iid JS (floor)"].split()[0]) == pytest.approx(metrics["iid"]["js"], abs=1e-4)
-        assert 0 < float(row["train min"]) <= 0.2 * 1.5 and float(row["FF error (kT)"]) >= 0
+        train = yaml.safe_load((out / folder / "energy" / "train" / "summary.yaml").read_text())
+        assert float(row["train min"]) == pytest.approx(train["train_seconds"] / 60, rel=1e-3) and train["steps"] <= 40
