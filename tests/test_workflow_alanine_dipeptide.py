@@ -67,6 +67,8 @@ def test_seeds_get_their_own_run_folders_and_a_mean_row(workflow_script):
     assert spec["run_dir"].endswith("energy_seed2") and workflow.variant_config("energy", args)["run_dir"].endswith("energy")
     assert spec["train"]["seed"] == spec["sample"]["seed"] == spec["simulate"]["seed"] == 2
     assert spec["data"]["test_source"] == str(workflow.REFERENCE_MD_LONG) and "seed" not in spec["data"]  # one split
+    score = workflow.variant_config("score", args)["model"]  # the direct score: the GNN, with its own options only
+    assert score["network"] == "gnn" and "hidden" not in score["network_options"] and score["parameterisation"] == "score"
     rows = [{"model": "a", "iid / floor": 1.0, "sim stable": "yes"}, {"model": "b", "iid / floor": 3.0, "sim stable": "yes"}]
     metrics = [{"iid": {"js": 0.1}}, {"iid": {"js": 0.3}}]
     row = workflow.seed_summary_row("energy", rows, metrics)

@@ -48,7 +48,9 @@ VARIANTS = {
     "energy_fp": {"train": FP},
     "mixture": {"model": MIXTURE},
     "mixture_fp": {"model": MIXTURE, "train": FP},
-    "score": {"model": {"parameterisation": "score"}},
+    # a direct score needs a vector output: the e3nn GNN (its options replace the bond-graph MLP's)
+    "score": {"model": {"parameterisation": "score", "network": "gnn",
+                        "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2}}},
     "two_for_one": {"simulate": {"t_eval": 0.01}},  # the "energy" model's score at t = 0.01 as force field
 }
 LABELS = {
@@ -147,6 +149,8 @@ def run_name(name: str, seed: int) -> str:
 
 def variant_config(name: str, args, seed: int = 0) -> dict:
     spec = merged(merged(BASE, SETTINGS["quick" if args.quick else "full"]), VARIANTS[name])
+    if "network" in VARIANTS[name].get("model", {}):  # another network: none of the default's options apply
+        spec["model"]["network_options"] = dict(VARIANTS[name]["model"].get("network_options", {}))
     spec["run_dir"] = str(Path(args.out) / run_name(name, seed))
     spec["device"] = args.device
     spec["data"]["source"] = str(args.data)

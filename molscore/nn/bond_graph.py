@@ -249,7 +249,8 @@ class BondGraphMLP(nn.Module):
     ):
         super().__init__()
         if dim != 3 or output != "energy":
-            raise ValueError(f"the bond-graph MLP is a 3-D energy network, got dim={dim}, output={output!r}")
+            raise ValueError(f"the bond-graph MLP is a 3-D energy network, got dim={dim}, output={output!r}; use "
+                             "parameterisation 'energy', or network 'gnn' for a direct score")  # fmt: skip
         self.graph = g = BondGraphInvariants(n_particles, bonds, harmonics)
         self.time_embedding = TimeEmbedding(time_embedding_dim, sigma_floor=sigma_floor)
         width = len(g.pairs) + len(g.triples) + 2 * harmonics * len(g.quartets) + time_embedding_dim
