@@ -49,8 +49,13 @@ VARIANTS = {
     "mixture": {"model": MIXTURE},
     "mixture_fp": {"model": MIXTURE, "train": FP},
     # a direct score needs a vector output: the e3nn GNN (its options replace the bond-graph MLP's)
-    "score": {"model": {"parameterisation": "score", "network": "gnn",
-                        "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2}}},
+    "score": {
+        "model": {
+            "parameterisation": "score",
+            "network": "gnn",
+            "network_options": {"hidden_irreps": "16x0e+4x0o+8x1o+4x1e", "n_layers": 2},
+        }
+    },
     "two_for_one": {"simulate": {"t_eval": 0.01}},  # the "energy" model's score at t = 0.01 as force field
 }
 LABELS = {
