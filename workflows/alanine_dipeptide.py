@@ -337,6 +337,9 @@ def main(argv=None) -> Path:
         for seed in args.seeds:
             run_dir = out / run_name(name, seed)
             if args.report_only:
+                if not (run_dir / "metrics.json").exists():  # e.g. a variant run at fewer seeds than others
+                    print(f"{run_dir.name}: no metrics.json, left out of the table")
+                    continue
                 metrics = json.loads((run_dir / "metrics.json").read_text())
             else:
                 metrics = run_variant(name, args, shared, seed)
