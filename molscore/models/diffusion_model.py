@@ -132,7 +132,7 @@ class DiffusionModel(nn.Module):
             "kT": repr(self.kT),
             "format": "molscore.DiffusionModel/1",
         }
-        # compiled networks (see :meth:`compile`) store their weights under "_orig_mod."; save the plain names
+        # a network swapped for torch.compile(net) stores its weights under "_orig_mod."; save the plain names
         state = {k.replace("_orig_mod.", ""): v.detach().contiguous() for k, v in self.score_model.state_dict().items()}
         with atomic_write(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
