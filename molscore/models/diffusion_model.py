@@ -101,9 +101,7 @@ class DiffusionModel(nn.Module):
         compilation per batch size. Worth it for long simulations, not for short jobs.
         """
         t = self.sde.t_min if t is None else float(t)
-        model = self.score_model
-        if hasattr(model, "experts"):
-            model = model.experts[int(model.expert_index(torch.tensor([t], dtype=torch.float64)))]
+        model = self.score_model.expert_at(t) if hasattr(self.score_model, "experts") else self.score_model
 
         def score(x: Tensor) -> Tensor:
             times = torch.full((len(x),), t, dtype=x.dtype, device=x.device)
@@ -132,8 +130,7 @@ class DiffusionModel(nn.Module):
             "kT": repr(self.kT),
             "format": "molscore.DiffusionModel/1",
         }
-        # a network swapped for torch.compile(net) stores its weights under "_orig_mod."; save the plain names
-        state = {k.replace("_orig_mod.", ""): v.detach().contiguous() for k, v in self.score_model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in self.score_model.state_dict().items()}
         with atomic_write(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
         return path

@@ -83,6 +83,10 @@ class MixtureOfExperts(nn.Module):
     def expert_index(self, t: Tensor) -> Tensor:
         return torch.bucketize(t.detach().contiguous(), torch.tensor(self.boundaries, dtype=t.dtype, device=t.device))
 
+    def expert_at(self, t: float) -> nn.Module:
+        """The expert that serves diffusion time ``t`` (a float)."""
+        return self.experts[int(self.expert_index(torch.tensor([float(t)], dtype=torch.float64)))]
+
     def time_range(self, k: int) -> tuple[float, float]:
         """The interval [lo, hi] of diffusion time expert k covers."""
         edges = (0.0, *self.boundaries, 1.0)

@@ -219,7 +219,7 @@ def model_prior_energy(model, t_eval: float | None = None) -> Energy | None:
     """
     score_model, t = model.score_model, model.sde.t_min if t_eval is None else float(t_eval)
     if hasattr(score_model, "experts"):  # a mixture: the expert that serves t_eval
-        score_model = score_model.experts[int(score_model.expert_index(torch.tensor([t], dtype=torch.float64)))]
+        score_model = score_model.expert_at(t)
     prior = getattr(score_model, "prior", None)
     if prior is None:
         return None

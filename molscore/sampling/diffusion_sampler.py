@@ -126,8 +126,10 @@ def time_grid(sde: VPSDE, n_steps: int, kind: TimeGrid = "uniform") -> Tensor:
     ends = torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64)
     sigma = sde.sigma(ends)
     level = sigma if kind == "log_sigma" else sigma / sde.alpha(ends)
-    log_level = torch.linspace(float(level[0].log()), float(level[1].log()), n_steps + 1, dtype=torch.float64)
-    level = log_level.exp() if kind != "edm" else _edm_levels(float(level[0]), float(level[1]), n_steps)
+    if kind == "edm":
+        level = _edm_levels(float(level[0]), float(level[1]), n_steps)
+    else:
+        level = torch.linspace(float(level[0].log()), float(level[1].log()), n_steps + 1, dtype=torch.float64).exp()
     t = sde.time_of_sigma(level if kind == "log_sigma" else level / torch.sqrt(1 + level**2))  # r -> sigma -> t
     t[0], t[-1] = sde.t_max, sde.t_min  # exact end points (the round trip through sigma is not)
     if not bool((t[1:] < t[:-1]).all()):
