@@ -161,6 +161,12 @@ def load_system(name_or_path: str | Path, variant: str | None = None) -> System:
             raise FileNotFoundError(f"{path}: structure file {structure} is missing")
         topology = mdtraj.load_topology(str(structure))
         masses = np.array([atom.element.mass for atom in topology.atoms])
+        if "masses" in spec:  # coarse-grained beads (e.g. C-alphas standing for residues) weigh more than their atom
+            given = np.asarray(spec["masses"], dtype=float)
+            if given.ndim > 1 or given.size not in (1, len(masses)):
+                raise ValueError(f"{path}: masses has {given.size} entries for {len(masses)} atoms of {structure.name}; "
+                                 "give one mass (amu) for all or one per atom")  # fmt: skip
+            masses = np.broadcast_to(given, masses.shape).copy()
     else:
         masses = np.atleast_1d(np.asarray(spec.get("masses", [1.0]), dtype=float))
     return System(

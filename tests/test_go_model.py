@@ -1,6 +1,7 @@
 """The C-alpha Go model: its energy equals an independent hand calculation and OpenMM's, the native structure is a
 local minimum, the mirror image is not, and bad structures are refused with messages that name the problem."""
 
+import importlib.util
 from pathlib import Path
 
 import mdtraj
@@ -11,7 +12,8 @@ import torch
 
 from molscore.proteins.go_model import GoModel
 
-T4L = Path(__file__).resolve().parents[1] / "systems" / "t4_lysozyme" / "structure.pdb"
+ROOT = Path(__file__).resolve().parents[1]
+T4L = ROOT / "systems" / "t4_lysozyme" / "structure.pdb"
 KJ = openmm.unit.kilojoule_per_mole
 
 
@@ -131,3 +133,80 @@ def test_bad_structures_are_refused_with_the_problem_named(tmp_path):
     model = GoModel.from_structure(traj, residues=slice(0, 20))
     with pytest.raises(ValueError, match=r"\(B, 20, 3\)"):
         model.energy(torch.zeros(2, 19, 3))
+
+
+def test_go_system_definition_builds_the_same_model_for_openmm_md(tmp_path):
+    """systems/t4_lysozyme_go: bead masses from system.yaml, OpenMM energy equal to the torch Go energy, and its
+    MD runs through generate_md (Go MD needs no force-field files)."""
+    from molscore.interfaces.openmm_md import generate_md, go_model, load_md, openmm_system
+    from molscore.system import load_system
+
+    system = load_system("t4_lysozyme_go")
+    model = go_model(system)
+    assert system.n_particles == model.n_beads == 48 and torch.all(system.masses == 110.0)
+    omm, _, positions = openmm_system(system)
+    context = openmm.Context(omm, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    xyz = perturbed(model, 0.01, n=1)[0]
+    context.setPositions(xyz)
+    expected = model.energy(torch.as_tensor(xyz[None]))[0].item()
+    assert context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ) == pytest.approx(expected, rel=1e-6)
+    out = generate_md(system, tmp_path / "md", replicas=1, length_ps=10.0, equilibration_ps=5.0, processes=1,
+                      progress=False)  # fmt: skip
+    (traj,) = load_md(out)
+    assert traj.xyz.shape == (2, 48, 3) and np.isfinite(traj.xyz).all()
+
+
+def test_go_system_errors_name_the_problem(tmp_path):
+    from molscore.interfaces.openmm_md import openmm_system
+    from molscore.system import load_system
+
+    folder = Path(__file__).resolve().parents[1] / "systems" / "t4_lysozyme_go"
+
+    def definition(md_go: str, masses: str = "110.0") -> Path:
+        (tmp_path / "structure.pdb").write_text((folder / "structure.pdb").read_text())
+        (tmp_path / "system.yaml").write_text(
+            f"name: bad\nstructure: structure.pdb\nmasses: {masses}\ntemperature: 300\n"
+            f"md: {{go_model: {md_go}, timestep: 0.005, friction: 1.0, frame_interval: 5.0}}\n"
+        )
+        return tmp_path / "system.yaml"
+
+    native = str(folder.parent / "t4_lysozyme" / "structure.pdb")
+    with pytest.raises(ValueError, match="masses has 3 entries for 48 atoms"):
+        load_system(definition(f"{{native: {native}, residues: [12, 60], eps: 2.5}}", "[1, 2, 3]"))
+    with pytest.raises(ValueError, match="unknown key"):
+        openmm_system(load_system(definition(f"{{native: {native}, residues: [12, 60], eps: 2.5, cutoff: 1}}")))
+    with pytest.raises(ValueError, match="selects 50 residues but the structure"):
+        openmm_system(load_system(definition(f"{{native: {native}, residues: [10, 60], eps: 2.5}}")))
+    with pytest.raises(ValueError, match="lie up to"):
+        openmm_system(load_system(definition(f"{{native: {native}, residues: [13, 61], eps: 2.5}}")))
+
+
+def test_fraction_of_native_contacts_and_transition_counts(domain):
+    from molscore.proteins.native_contacts import count_transitions, fraction_native_contacts, free_energy_barrier
+
+    r0 = domain.native_values()["contacts"]
+    native, expanded = domain.native[None], 2.0 * domain.native[None]
+    q = fraction_native_contacts(np.concatenate([native, expanded]), domain.contacts, r0)
+    # a native contact at r0 counts 1 / (1 + exp(-50 * 0.2 r0)) (0.99 or more for r0 > 0.45 nm); doubled, none
+    assert q[0] == pytest.approx(np.mean(1 / (1 + np.exp(-50 * 0.2 * r0))), rel=1e-12) and q[0] > 0.99
+    assert q[1] < 1e-6
+    assert count_transitions(np.array([0.5, 0.1, 0.5, 0.8, 0.4, 0.2, 0.9, 0.6, 0.95]), 0.3, 0.7) == (2, 1)
+    rng = np.random.default_rng(0)
+    two_state = np.clip(np.concatenate([rng.normal(0.2, 0.05, 5000), rng.normal(0.85, 0.04, 5000)]), 0, 1)
+    barrier, bimodal = free_energy_barrier(two_state)
+    assert bimodal and 0.35 < barrier < 0.7
+    assert free_energy_barrier(rng.normal(0.8, 0.05, 5000).clip(0, 1))[1] is False
+    with pytest.raises(ValueError, match="frames, beads, 3"):
+        fraction_native_contacts(domain.native, domain.contacts, r0)
+
+
+def test_folding_temperature_scan_runs_and_reports(tmp_path):
+    spec = importlib.util.spec_from_file_location("go_tf", ROOT / "workflows" / "go_folding_temperature.py")
+    workflow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workflow)
+    result = workflow.main(["--temperatures", "100", "600", "--replicas", "1", "--ns", "0.05",
+                            "--equilibration-ps", "20", "--processes", "1", "--out", str(tmp_path)])  # fmt: skip
+    cold, hot = result["rows"]
+    assert cold["mean_q"] > 0.9 > 0.5 > hot["mean_q"]  # folded at 100 K, unfolded at 600 K
+    assert result["tf_K"] is not None and 100 < result["tf_K"] < 600
+    assert {p.name for p in tmp_path.iterdir()} >= {"folding_temperature.md", "folding_temperature.png"}

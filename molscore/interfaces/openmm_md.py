@@ -64,6 +64,8 @@ def openmm_system(system: "System") -> tuple[openmm.System, app.Topology, unit.Q
             f"system {system.name!r} has no structure file; OpenMM needs a molecule (structure: in system.yaml)"
         )
     md = system.md
+    if "go_model" in md:
+        return _go_system(system)
     if not md.get("forcefield"):
         raise ValueError(f"system {system.name!r}: md.forcefield is missing; list OpenMM files, e.g. [amber99sbildn.xml]")
     name = md.get("nonbonded", "NoCutoff")
@@ -81,6 +83,49 @@ def openmm_system(system: "System") -> tuple[openmm.System, app.Topology, unit.Q
     if name != "NoCutoff":
         options["nonbondedCutoff"] = float(md.get("cutoff", 1.0)) * unit.nanometer
     return forcefield.createSystem(pdb.topology, **options), pdb.topology, pdb.positions
+
+
+GO_KEYS = {"native", "residues", "eps"}
+
+
+def go_model(system: "System"):
+    """The :class:`~molscore.proteins.go_model.GoModel` of a system whose ``md`` has a ``go_model`` entry.
+
+    ``md.go_model``: ``native`` (all-atom structure defining the contacts, relative to the system folder),
+    ``residues`` ([start, stop): a stretch of its first chain, 0-based) and ``eps`` (contact energy, kJ/mol). The
+    system's ``structure`` is the C-alpha trace of that stretch (one bead per residue).
+    """
+    from molscore.proteins.go_model import GoModel
+
+    spec = dict(system.md["go_model"] or {})
+    unknown, missing = set(spec) - GO_KEYS, {"native", "eps"} - set(spec)
+    if unknown or missing:
+        raise ValueError(f"system {system.name!r}: md.go_model has unknown key(s) {sorted(unknown)} / lacks "
+                         f"{sorted(missing)}; it takes {sorted(GO_KEYS)}")  # fmt: skip
+    start, stop = spec.get("residues", [None, None])
+    model = GoModel.from_structure(Path(system.folder) / spec["native"], float(spec["eps"]), slice(start, stop))
+    if model.n_beads != system.n_particles:
+        raise ValueError(
+            f"system {system.name!r}: md.go_model selects {model.n_beads} residues but the structure "
+            f"{system.structure} has {system.n_particles} beads; make them the same stretch"
+        )
+    return model
+
+
+def _go_system(system: "System") -> tuple[openmm.System, app.Topology, unit.Quantity]:
+    model = go_model(system)
+    pdb = app.PDBFile(str(system.structure))
+    offset = np.abs(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer) - model.native).max()
+    if offset > 2e-3:  # PDB precision is 1e-3 nm
+        raise ValueError(
+            f"system {system.name!r}: the beads of {system.structure} lie up to {offset:.3f} nm from the C-alphas of "
+            "md.go_model's native; write the structure with molscore.proteins.go_model.calpha_trace(native, residues)"
+        )
+    return model.openmm_system(system.masses.numpy()), pdb.topology, pdb.positions
+
+
+def _force_field_label(md: dict) -> list:
+    return list(md["forcefield"]) if "go_model" not in md else [f"go_model {md['go_model']}"]
 
 
 def _ratio(value: float, step: float, what: str) -> int:
@@ -175,7 +220,7 @@ def generate_md(
     equilibration_steps = _ratio(equilibration_ps, dt, "equilibration_ps over md.timestep (ps)")
     if steps_per_frame < 1 or n_frames < 1:
         raise ValueError(f"frame_interval {interval} ps and length {length_ps} ps give no frames at timestep {dt} ps")
-    if md.get("constraints") is None and dt > 0.001 + 1e-12:
+    if "go_model" not in md and md.get("constraints") is None and dt > 0.001 + 1e-12:
         warnings.warn(
             f"system {system.name!r}: timestep {dt} ps without constraints heats X-H bonds (SCIENCE.md section 3); "
             "use md.timestep <= 0.001 ps",
@@ -187,7 +232,7 @@ def generate_md(
         "system": system.name, "variant": system.variant, "n_atoms": topology.getNumAtoms(), "seed": int(seed),
         "replicas": int(replicas), "length_ps": float(length_ps), "equilibration_ps": float(equilibration_ps),
         "frame_interval_ps": interval, "timestep_ps": dt, "friction_per_ps": float(md["friction"]),
-        "temperature_K": float(system.temperature), "forcefield": list(md["forcefield"]),
+        "temperature_K": float(system.temperature), "forcefield": _force_field_label(md),
         "nonbonded": md.get("nonbonded", "NoCutoff"), "constraints": md.get("constraints"),
         "chunk_frames": int(chunk_frames), "platform": platform, "molscore_version": __version__,
     }  # fmt: skip

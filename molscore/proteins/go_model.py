@@ -72,16 +72,8 @@ class GoModel:
         native contacts; every residue needs a C-alpha, and consecutive C-alphas must be within 0.42 nm.
         """
         traj = structure if isinstance(structure, mdtraj.Trajectory) else _load_structure(structure)
-        chain = [r for r in traj.topology.chain(0).residues if r.is_protein]
-        chain = chain[residues] if residues is not None else chain
-        if len(chain) < 4:
-            raise ValueError(f"{_name(structure)}: the selection holds {len(chain)} protein residues; need at least 4")
-        missing = [f"{r.name}{r.resSeq}" for r in chain if not any(a.name == "CA" for a in r.atoms)]
-        if missing:
-            raise ValueError(f"{_name(structure)}: residues without a C-alpha atom: {', '.join(missing[:10])}; "
-                             "rebuild the missing atoms first (e.g. with pdbfixer)")  # fmt: skip
-        ca = np.array([next(a.index for a in r.atoms if a.name == "CA") for r in chain])
-        native = traj.xyz[0, ca].astype(np.float64)
+        chain = _chain(traj, structure, residues)
+        native = traj.xyz[0, _calpha_indices(chain)].astype(np.float64)
         gaps = np.linalg.norm(np.diff(native, axis=0), axis=1)
         if (gaps > MAX_CA_BOND).any():
             k = int(np.argmax(gaps > MAX_CA_BOND))
@@ -146,12 +138,18 @@ class GoModel:
         """E(pos), ``(B,)`` kJ/mol, for ``pos : (B, N, 3)`` nm."""
         return sum(self.energy_terms(pos).values())
 
-    def openmm_system(self, mass: float) -> openmm.System:
-        """The same energy as an OpenMM System of N particles of ``mass`` amu (no cutoff, no periodic box)."""
+    def openmm_system(self, masses) -> openmm.System:
+        """The same energy as an OpenMM System of N particles (no cutoff, no periodic box).
+
+        ``masses``: one mass (amu) for every bead, or (N,) masses.
+        """
         ref, eps, n = self.native_values(), self.eps, self.n_beads
+        masses = np.broadcast_to(np.asarray(masses, dtype=np.float64), (n,))
+        if not (masses > 0).all():
+            raise ValueError("bead masses must be positive (amu)")
         system = openmm.System()
-        for _ in range(n):
-            system.addParticle(mass)
+        for mass in masses:
+            system.addParticle(float(mass))
         bonds, angles, torsions = openmm.HarmonicBondForce(), openmm.HarmonicAngleForce(), openmm.PeriodicTorsionForce()
         for k in range(n - 1):
             bonds.addBond(k, k + 1, ref["bonds"][k], 2 * eps * BOND_K)  # OpenMM: (k/2)(r - r0)^2
@@ -179,6 +177,29 @@ class GoModel:
         for force in (bonds, angles, torsions, contacts, repulsion):
             system.addForce(force)
         return system
+
+
+def calpha_trace(structure, residues: slice | None = None) -> mdtraj.Trajectory:
+    """The C-alpha atoms of ``residues`` of the first chain of ``structure`` (a PDB path or mdtraj.Trajectory): the
+    bead structure (``structure:`` of a Go system's system.yaml) whose energy :meth:`GoModel.from_structure` gives."""
+    traj = structure if isinstance(structure, mdtraj.Trajectory) else _load_structure(structure)
+    return traj.atom_slice(_calpha_indices(_chain(traj, structure, residues)))
+
+
+def _chain(traj: mdtraj.Trajectory, structure, residues: slice | None) -> list:
+    chain = [r for r in traj.topology.chain(0).residues if r.is_protein]
+    chain = chain[residues] if residues is not None else chain
+    if len(chain) < 4:
+        raise ValueError(f"{_name(structure)}: the selection holds {len(chain)} protein residues; need at least 4")
+    missing = [f"{r.name}{r.resSeq}" for r in chain if not any(a.name == "CA" for a in r.atoms)]
+    if missing:
+        raise ValueError(f"{_name(structure)}: residues without a C-alpha atom: {', '.join(missing[:10])}; "
+                         "rebuild the missing atoms first (e.g. with pdbfixer)")  # fmt: skip
+    return chain
+
+
+def _calpha_indices(chain: list) -> np.ndarray:
+    return np.array([next(a.index for a in r.atoms if a.name == "CA") for r in chain])
 
 
 def _load_structure(path) -> mdtraj.Trajectory:
