@@ -163,6 +163,9 @@ def variant_config(name: str, args, seed: int = 0) -> dict:
     for section in ("train", "sample", "simulate"):
         spec[section]["seed"] = seed
     spec["data"]["resolution"] = args.resolution
+    if args.resolution == "all":  # unconstrained X-H bonds: MD's own 1 fs, twice the steps for the same time
+        spec["simulate"]["timestep"] = 0.001
+        spec["simulate"]["steps"] *= 2
     spec["data"]["n_validation_replicas"], spec["data"]["n_test_replicas"] = args.held_out
     for value, (section, key) in (
         (args.steps, ("train", "steps")),
