@@ -183,6 +183,14 @@ def test_topology_bonds_calpha_and_bad_input():
         topology_bonds(beads.topology, traj.topology)
 
 
+def test_topology_bonds_of_a_calpha_trace_join_consecutive_residues():
+    trace = mdtraj.load_topology(str(STRUCTURE.parents[1] / "t4_lysozyme_go" / "structure.pdb"))  # resSeq 13-60
+    assert np.array_equal(topology_bonds(trace), np.stack([np.arange(47), np.arange(1, 48)], axis=1))
+    gapped = trace.subset([k for k in range(48) if k != 20])  # residue 33 missing: a chain break, not a bond
+    bonds = topology_bonds(gapped)
+    assert len(bonds) == 45 and [19, 20] not in bonds.tolist()
+
+
 # MD floor ------------------------------------------------------------------------------------------------------
 def test_contiguous_stretches_stay_inside_replicas():
     rng = np.random.default_rng(6)

@@ -114,6 +114,10 @@ def test_md_with_the_wrong_atom_count_is_refused(tmp_path):
                            "data": {"source": str(copy), "n_validation_replicas": 1, "n_test_replicas": 1}})  # fmt: skip
     with pytest.raises(ValueError, match="has 28 atoms .* but system 'alanine_dipeptide' has 22"):
         stages.prepare_data(cfg)
+    manifest |= {"n_atoms": 10, "temperature_K": 350.0}  # right molecule, other temperature
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(ValueError, match="is MD at 350 K .* but system 'alanine_dipeptide' is at 300 K"):
+        stages.prepare_data(cfg)
 
 
 def test_extent_guard_flags_an_escaped_particle_and_ignores_centroid_drift():

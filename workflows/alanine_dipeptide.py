@@ -353,6 +353,9 @@ def main(argv=None) -> Path:
             seed_metrics.append(metrics)
             if seed != args.seeds[0]:
                 continue  # figures: the first seed
+            if not (run_dir / "samples_sde.npy").exists():  # a folder restored from its metrics.json alone
+                print(f"{run_dir.name}: no samples_sde.npy, left out of the figures")
+                continue
             iid = angles(np.load(run_dir / "samples_sde.npy"))
             panels = {"MD": (md[:, 0], md[:, 1]), "samples": (iid[:, 0], iid[:, 1])}
             if (run_dir / "simulation" / "chunk_000000.npz").exists():  # absent if the guard stopped it at once
@@ -370,9 +373,12 @@ def main(argv=None) -> Path:
         if args.test_data:
             table.write(f"\nTraining and validation replicas: {args.data}; test replicas: all of {args.test_data}.\n")
         table.write("\n" + basin_note(angles(np.load(shared / "train.npy")), md, msm) + "\n")
+    print(md_path.read_text())
+    if not ramachandran:  # every first-seed folder restored from its metrics.json alone
+        print("no run folder holds samples: figures not redrawn")
+        return md_path
     ramachandran_rows(ramachandran, out / "ramachandran.png", title=f"alanine dipeptide, {args.resolution}")
     line_plot(profiles, out / "phi_profiles.png", "phi (rad)", "F / kT", title="free energy along phi")
-    print(md_path.read_text())
     print(f"figures: {out / 'ramachandran.png'}, {out / 'phi_profiles.png'}")
     return md_path
 

@@ -8,6 +8,7 @@ independent trajectory each frame belongs to (frames of a replica in time order,
 from __future__ import annotations
 
 import builtins
+import itertools
 import warnings
 
 import mdtraj
@@ -185,7 +186,8 @@ def topology_bonds(topology: mdtraj.Topology, full_topology: mdtraj.Topology | N
       are used with a warning.
 
     For alanine dipeptide this gives C-N, N-CA, CA-C, C-N (backbone, 5 beads) and the 9 heavy-atom bonds
-    (heavy, 10 beads); C-alpha-only topologies have none.
+    (heavy, 10 beads). A C-alpha trace (every bead a CA, as in Go-model MD) has its virtual bonds: consecutive
+    residues of a chain (resSeq i, i + 1; a gap in the numbering is a chain break, not a bond).
     """
     if full_topology is not None or atom_indices is not None:
         if full_topology is None or atom_indices is None:
@@ -196,6 +198,13 @@ def topology_bonds(topology: mdtraj.Topology, full_topology: mdtraj.Topology | N
         bead_of = {int(a): i for i, a in enumerate(idx)}
         pairs = [(bead_of.get(a.index), bead_of.get(b.index)) for a, b in full_topology.bonds]
         pairs = [p for p in pairs if None not in p]
+    elif topology.n_atoms > 1 and all(a.name == "CA" for a in topology.atoms):  # a C-alpha trace
+        pairs = [
+            (a.index, b.index)
+            for chain in topology.chains
+            for a, b in itertools.pairwise(chain.atoms)
+            if b.residue.resSeq == a.residue.resSeq + 1
+        ]
     else:
         fresh = _without_bonds(topology)
         fresh.create_standard_bonds()

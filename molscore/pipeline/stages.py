@@ -61,7 +61,8 @@ def _run_dir(cfg: RunConfig, stage: str) -> Path:
 
 def _check_md_matches_system(folder: Path, topology_file: Path, system: System, key: str = "data.source") -> None:
     """An MD folder made for another system (its manifest's ``system``, or an atom count that differs from the
-    system's structure) is refused, naming both."""
+    system's structure) or at another temperature (its manifest's ``temperature_K``: a model of it would be
+    another Boltzmann distribution than the system's kT) is refused, naming both."""
     manifest_file = folder / "manifest.yaml"
     manifest = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
     made_for = (manifest or {}).get("system")
@@ -69,6 +70,13 @@ def _check_md_matches_system(folder: Path, topology_file: Path, system: System, 
         raise ValueError(
             f"{key} {folder} holds MD of {made_for!r} (its manifest.yaml), but the run's system is "
             f"{system.name!r}: set system: {made_for} or point {key} at MD of {system.name}"
+        )
+    md_temperature = (manifest or {}).get("temperature_K")
+    if md_temperature is not None and abs(float(md_temperature) - system.temperature) > 1e-6 * system.temperature:
+        raise ValueError(
+            f"{key} {folder} is MD at {float(md_temperature):g} K (its manifest.yaml), but system {system.name!r} "
+            f"is at {system.temperature:g} K: generate MD at the system's temperature or set temperature: "
+            f"{float(md_temperature):g} in its system.yaml"
         )
     if system.topology is not None:  # a reduced copy (export) records the atom count of the MD it came from
         exported = "export" in (manifest or {}) and "n_atoms" in manifest
@@ -192,12 +200,15 @@ def model_spec(cfg: RunConfig, system: System, n_particles: int) -> ModelSpec:
 
 
 def bead_masses(cfg: RunConfig, system: System) -> torch.Tensor:
-    """Masses of the run's beads, amu: element masses of the bead topology (``data/beads.pdb``), so MD folders
-    holding a subset of the atoms (e.g. heavy atoms only) work too; the system's masses otherwise."""
+    """Masses of the run's beads, amu: the system's when the beads are all its particles (system.yaml may set
+    coarse-grained bead masses), else the element masses of the bead topology (``data/beads.pdb``), so MD folders
+    holding a subset of the atoms (e.g. heavy atoms only) work too."""
     path = Path(cfg.run_dir) / "data" / "beads.pdb"
     if not path.exists():
         return system.masses
     topology = mdtraj.load_topology(str(path))
+    if topology.n_atoms == system.n_particles:  # every particle: the system's own masses (system.yaml may set them)
+        return system.masses
     return torch.tensor([atom.element.mass for atom in topology.atoms], dtype=torch.float64)
 
 
