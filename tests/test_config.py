@@ -140,3 +140,16 @@ def test_dump_load_round_trip(tmp_path):
     assert path.read_text().startswith("# resolved Run")
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
     assert load_config(path, Run) == cfg
+
+
+def test_simulation_start_groups_split_the_replicas_in_order():
+    from molscore.pipeline.config import SimulateConfig
+
+    groups = SimulateConfig(replicas=5, start="state:C7eq+data").start_groups()
+    assert groups == [("state:C7eq", range(0, 3)), ("data", range(3, 5))]  # the first part takes the remainder
+    assert SimulateConfig(replicas=4).start_groups() == [("data", range(0, 4))]
+    for bad in ("state:", "data+middle", "frames"):
+        with pytest.raises(ValueError, match="simulate.start"):
+            SimulateConfig(start=bad)
+    with pytest.raises(ValueError, match="more parts than"):
+        SimulateConfig(replicas=1, start="first+data")

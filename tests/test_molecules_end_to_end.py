@@ -39,7 +39,7 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
             },
             "train": {"steps": 3, "batch_size": 8, "fp_weight": 1e-3, "fp_fraction": 0.5},
             "sample": {"n_samples": 16, "n_steps": 25},
-            "simulate": {"replicas": 3, "steps": 20, "report_interval": 5, "start": "state:beta"},
+            "simulate": {"replicas": 4, "steps": 20, "report_interval": 5, "start": "state:beta+data"},
         }
     )
     metrics = run_all(cfg, progress=False)
@@ -55,8 +55,8 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     assert set(molecular["iid"]["bond_w1_nm"]) >= {"C-N", "N-CA", "CA-C"}  # heavy-atom bonds of the backbone
     assert molecular["iid"]["floor"]["n_frames"] > 0 and (run / "molecular.png").exists()
     assert (run / "population.png").exists()
-    frames = load_trajectory(run / "simulation")["pos"]  # (5, 3, 12, 3): the start and every 5th step
-    assert frames.shape == (5, 3, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
+    frames = load_trajectory(run / "simulation")["pos"]  # (5, 4, 12, 3): the start and every 5th step
+    assert frames.shape == (5, 4, 12, 3) and json.loads((run / "metrics.json").read_text())["sim"]["frames"] == 4
     model = DiffusionModel.load(run / "model.safetensors")
     kinds = {type(prior).__name__ for prior in model.score_model.prior.priors}
     assert kinds == {
@@ -70,9 +70,13 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     np.testing.assert_allclose(samples.xyz, np.load(run / "samples_sde.npy"), atol=1e-5)
     system = load_system("valine_dipeptide")
     start_cvs = compute_cvs(frames[0], beads, system.collective_variables, ["phi", "psi"])
-    assert in_state(start_cvs, ["phi", "psi"], system.states["beta"]).all()  # every replica starts in the basin
+    assert in_state(start_cvs[:2], ["phi", "psi"], system.states["beta"]).all()  # the first half starts in the basin
+    train = np.load(run / "data" / "train.npy")  # the second half from training frames
+    assert all(np.isclose(train, frames[0, r]).all(axis=(1, 2)).any() for r in (2, 3))
+    by_start = molecular["sim"]["phi_positive_by_start"]
+    assert set(by_start) == {"state:beta", "data"} and all(0 <= g["p"] <= 1 for g in by_start.values())
     replicas = sorted((run / "simulation" / "dcd").glob("replica_*.dcd"))
-    assert len(replicas) == 3
+    assert len(replicas) == 4
     np.testing.assert_allclose(mdtraj.load(str(replicas[2]), top=beads).xyz, frames[:, 2], atol=1e-5)
 
 

@@ -3,7 +3,8 @@
 MD (the reference copy shipped in ``systems/alanine_dipeptide/reference_md``, or any MD folder) -> one data
 split (held-out replicas) -> model variants (energy without / with FP, mixture of experts without / with FP,
 direct score, and "Two for One": the unregularised energy model's score at a fixed t > 0 as force field) ->
-diffusion samples ("iid") and batched Langevin simulations started in one basin ("sim") -> JS and PMF error on
+diffusion samples ("iid") and batched Langevin simulations ("sim"; half the replicas started in C7eq, half from
+training frames, which tests stationarity: ``phi>0 sim (data starts)``) -> JS and PMF error on
 (phi, psi), phi > 0 population, bond-length W1, each beside the MD-vs-MD floor at the same number of
 effectively independent frames. Writes ``<out>/table.md`` / ``.csv``, ``<out>/ramachandran.png`` and
 ``<out>/phi_profiles.png``; every variant's run folder can be re-run stage by stage with ``molscore``.
@@ -87,7 +88,7 @@ BASE = {
     # JS 1.09x floor (phi > 0 3.8%) against 1.30-1.32x (5.2-5.5%) with 100 log-SNR steps and one corrector each
     # (uniform in t did as well on JS but widened bonds 5x: its last step is long); see the README
     "sample": {"method": "sde", "batch_size": 2048, "time_grid": "edm"},
-    "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq"},
+    "simulate": {"timestep": 0.002, "friction": 1.0, "start": "state:C7eq+data"},
 }  # fmt: skip
 
 
@@ -244,6 +245,8 @@ def table_row(name: str, metrics: dict, summary: dict, seed: int = 0) -> dict:
     def ratio(kind):
         return metrics[kind]["js"] / floor_of(kind)["js_mean"] if kind in metrics and kind in mol else None
 
+    by_start = mol.get("sim", {}).get("phi_positive_by_start", {})
+
     def phi(kind):
         return format_with_error(mol[kind]["phi_positive"]["p"], mol[kind]["phi_positive"]["err"]) if kind in mol else ""
 
@@ -259,6 +262,7 @@ def table_row(name: str, metrics: dict, summary: dict, seed: int = 0) -> dict:
         "phi>0 MD": phi("md"),
         "phi>0 iid": phi("iid"),
         "phi>0 sim": phi("sim"),
+        "phi>0 sim (data starts)": format_with_error(by_start["data"]["p"], by_start["data"]["err"]) if by_start else "",
         "bond W1 iid (nm)": mol.get("iid", {}).get("bond_w1_mean_nm"),
         "bond W1 sim (nm)": mol.get("sim", {}).get("bond_w1_mean_nm"),
         "sim ps per replica": metrics.get("sim_status", {}).get("t_ps"),

@@ -102,7 +102,9 @@ class SimulateConfig:
     t_eval : diffusion time of the force field (None: t_min; > 0 gives the "Two for One" force field)
     start : "data" (replicas start from random training frames), "first" (all from the first frame) or
         "state:NAME" (random training frames inside the system's state NAME, e.g. "state:C7eq", so that
-        equilibrium between states must be reached by the dynamics itself)
+        equilibrium between states must be reached by the dynamics itself); several joined by "+" split the
+        replicas in that order (``"state:C7eq+data"``: the first half in C7eq, the second from training frames,
+        which tests stationarity; :meth:`start_groups`)
     report_interval : steps between saved frames
     compile : compile the force field with torch.compile first (~30 s per model on CPU, then ~5x faster steps
         for small molecules: :meth:`~molscore.models.DiffusionModel.force_field`)
@@ -138,6 +140,20 @@ class SimulateConfig:
             raise ValueError(f"simulate.friction must be >= 0 (0: no thermostat, Verlet) and finite, got {self.friction}")
         if self.t_eval is not None and not 0 < self.t_eval <= 1:
             raise ValueError(f"simulate.t_eval must lie in (0, 1] (None: t_min), got {self.t_eval}")
+        for part in self.start.split("+"):
+            if part not in ("data", "first") and not (part.startswith("state:") and len(part) > 6):
+                raise ValueError(f"simulate.start parts must be 'data', 'first' or 'state:NAME' (joined by '+'), "
+                                 f"got {self.start!r}")  # fmt: skip
+        if len(self.start.split("+")) > self.replicas:
+            raise ValueError(f"simulate.start {self.start!r} has more parts than the {self.replicas} replicas")
+
+    def start_groups(self) -> list[tuple[str, range]]:
+        """Each part of ``start`` with the replicas it starts: ``[("state:C7eq", range(0, 16)), ("data",
+        range(16, 32))]`` for ``"state:C7eq+data"`` and 32 replicas (earlier parts take the remainder)."""
+        parts = self.start.split("+")
+        sizes = [self.replicas // len(parts) + (k < self.replicas % len(parts)) for k in range(len(parts))]
+        bounds = [sum(sizes[:k]) for k in range(len(parts) + 1)]
+        return [(part, range(a, b)) for part, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
 
 
 def _positive(section, name: str, *keys: str) -> None:

@@ -103,6 +103,7 @@ def molecular_metrics(
     training: np.ndarray | None = None,
     sim_frame_ps: float | None = None,
     md_frame_ps: float | None = None,
+    start_groups: list | None = None,
 ) -> dict:
     """Metrics and plots of one run (see module docstring).
 
@@ -121,6 +122,8 @@ def molecular_metrics(
         simulation's floor is MD's at the same total simulated time with MD's own correlation time (a simulation
         that stays stuck, with a long correlation time of its own, must not earn an easier floor); without them,
         the simulation's own correlation time sets it
+    start_groups : ``simulate.start_groups()``: with more than one, ``sim.phi_positive_by_start`` holds the
+        phi > 0 population of each group of replicas (those started from training frames test stationarity)
 
     Returns
     -------
@@ -190,6 +193,11 @@ def molecular_metrics(
                   title=f"{system.name}: phi > 0 population in simulation",
                   errors={"replica average": series["err"], "running mean": series["running_err"]})  # fmt: skip
         out["sim"]["population_final"] = float(series["running"][-1])
+        if start_groups and len(start_groups) > 1:
+            out["sim"]["phi_positive_by_start"] = {
+                part: basin_population(sim[:, list(group), 0].ravel(), np.tile(np.arange(len(group)), n_frames))
+                for part, group in start_groups
+            }
     line_plot({k: v for k, v in profiles.items()}, Path(run_dir) / "molecular.png", "phi (rad)", "F / kT",
               title=f"{system.name}: free energy along phi")  # fmt: skip
     return out

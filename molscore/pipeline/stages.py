@@ -360,24 +360,27 @@ def _guards(cfg: RunConfig, system: System) -> list:
 
 
 def _start_frames(cfg: RunConfig, system: System) -> np.ndarray:
-    """Initial positions (replicas, N, d) nm of a simulation, from ``simulate.start``."""
+    """Initial positions (replicas, N, d) nm of a simulation, from ``simulate.start`` (its groups in order)."""
     sc, frames = cfg.simulate, _load_split(cfg, "train")
     rng = np.random.default_rng(sc.seed)
-    if sc.start == "first":
-        return np.repeat(frames[:1], sc.replicas, 0)
-    if sc.start.startswith("state:"):
-        name = sc.start.split(":", 1)[1]
+    return np.concatenate([_group_start(cfg, system, part, frames, len(group), rng) for part, group in sc.start_groups()])
+
+
+def _group_start(cfg: RunConfig, system: System, part: str, frames: np.ndarray, n: int, rng) -> np.ndarray:
+    """``n`` initial positions for one part of ``simulate.start``: 'first', 'data' or 'state:NAME'."""
+    if part == "first":
+        return np.repeat(frames[:1], n, 0)
+    if part.startswith("state:"):
+        name = part.split(":", 1)[1]
         if name not in system.states:
-            raise ValueError(f"simulate.start {sc.start!r}: system {system.name!r} declares states {list(system.states)}")
+            raise ValueError(f"simulate.start {part!r}: system {system.name!r} declares states {list(system.states)}")
         names = list(system.collective_variables)
         topology = mdtraj.load_topology(str(_need(Path(cfg.run_dir) / "data" / "beads.pdb", "data")))
         inside = in_state(compute_cvs(frames, topology, system.collective_variables, names), names, system.states[name])
         if not inside.any():
             raise ValueError(f"no training frame lies in state {name!r}; check its centre and radius in system.yaml")
         frames = frames[inside]
-    elif sc.start != "data":
-        raise ValueError(f"simulate.start must be 'data', 'first' or 'state:NAME', got {sc.start!r}")
-    return frames[rng.integers(len(frames), size=sc.replicas)]
+    return frames[rng.integers(len(frames), size=n)]
 
 
 # evaluate ------------------------------------------------------------------------------------------------
@@ -438,6 +441,7 @@ def evaluate(cfg: RunConfig) -> dict:
             system, run_dir, *split["test"], *split["validation"], samples, kept, ec.bins, hist_range,
             training=_load_split(cfg, "train"), sim_frame_ps=sc.report_interval * dt if dt else None,
             md_frame_ps=md_frame_interval_ps(source, cfg.data.stride) if source.is_dir() else None,
+            start_groups=sc.start_groups() if kept is not None else None,
         )  # fmt: skip
         forcefield = forcefield_metrics(cfg, system)
         if forcefield is not None:
