@@ -164,3 +164,30 @@ def test_noise_level_features_are_flat_below_the_floor_and_resolve_t_above_it():
     t.requires_grad_(True)
     (grad,) = torch.autograd.grad(noise_level_features(t, 16, sigma_floor=0.1).sum(), t)
     assert grad[0].abs() < 10  # dE/dt stays bounded as t -> 0 (log-t features: ~1/t = 1e5)
+
+
+def test_radius_graph_gives_the_full_graph_energy_and_forces_with_linear_pairs():
+    """A 40-bead random-walk chain whose cutoff excludes most pairs: the radius-graph layout (flat nodes, pairs
+    closer than the cutoff) and the full graph give one energy and one force field with the same weights, and a
+    chiral one (the mirror image differs)."""
+    n, cutoff = 40, 1.2
+    bonds = [[i, i + 1] for i in range(n - 1)]
+    types = [i % 3 for i in range(n)]
+    torch.manual_seed(0)
+    full = BondGraphNet(n, bonds=bonds, bead_types=types, hidden=16, n_layers=2, n_radial=8, cutoff=cutoff).to(DTYPE)
+    radius = BondGraphNet(n, bonds=bonds, bead_types=types, hidden=16, n_layers=2, n_radial=8, cutoff=cutoff,
+                          graph="radius").to(DTYPE)  # fmt: skip
+    radius.load_state_dict(full.state_dict())
+    g = torch.Generator().manual_seed(3)
+    steps = torch.randn(3, n, 3, generator=g, dtype=DTYPE)
+    x = (0.5 * steps / steps.norm(dim=-1, keepdim=True)).cumsum(1).requires_grad_(True)  # bonds of 0.5
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=DTYPE)
+    close = (torch.cdist(x, x) < cutoff).triu(1).sum().item()
+    assert close < 0.5 * 3 * n * (n - 1) / 2  # the cutoff removes most pairs
+    e_full, e_radius = full(x, t), radius(x, t)
+    torch.testing.assert_close(e_radius, e_full, rtol=1e-12, atol=1e-12)
+    (f_full,), (f_radius,) = (torch.autograd.grad(e.sum(), x) for e in (e_full, e_radius))
+    torch.testing.assert_close(f_radius, f_full, rtol=1e-10, atol=1e-12)
+    assert (radius(x @ MIRROR, t) - e_radius).abs().max() > MARGIN
+    with pytest.raises(ValueError, match="graph must be 'full' or 'radius'"):
+        BondGraphNet(n, bonds=bonds, graph="knn")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
-import torch
 import yaml
 
 from molscore.analysis.collective_variables import compute_cvs
@@ -34,6 +33,7 @@ from molscore.analysis.markov_state_model import basin_population, torsion_grid_
 from molscore.analysis.molecular import free_energy_profile
 from molscore.analysis.plots import line_plot, ramachandran_rows
 from molscore.analysis.report import format_with_error, write_table
+from molscore.cpu_runtime import configure_cpu
 from molscore.data.trajectories import md_frame_interval_ps
 from molscore.dynamics import load_trajectory
 from molscore.pipeline import load_run_config, stages
@@ -312,7 +312,7 @@ def md_basin_population(shared: Path, angles, frame_ps: float | None, lag_ps: fl
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     if not args.data.is_dir():
         raise FileNotFoundError(
             f"{args.data} is not an MD folder; generate one with python workflows/generate_md.py and pass --data"

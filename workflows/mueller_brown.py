@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from molscore.analysis.plots import density_panels
+from molscore.cpu_runtime import configure_cpu
 from molscore.dynamics import load_trajectory
 from molscore.pipeline import RunConfig, load_run_config, stages
 from molscore.pipeline.variants import link_data, merged
@@ -68,7 +69,7 @@ def main():
         "a training step stalled for up to a second in OpenMP spin-waiting, measured)",
     )  # fmt: skip
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     out = Path(args.out)
     rows, panels, timings = {}, {}, {}
     shared_data = out / "data"

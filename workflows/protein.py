@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from molscore.analysis.report import write_table
+from molscore.cpu_runtime import configure_cpu
 from molscore.dynamics import load_trajectory
 from molscore.files import write_text_atomic
 from molscore.interfaces.openmm_md import generate_md, go_model
@@ -332,7 +333,7 @@ def figures(out: Path, train, test, samples, sim, tica, go, q_barrier) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     system = load_system(args.system)
     if "go_model" not in system.md:
         raise ValueError(f"system {system.name!r} has no md.go_model; this workflow needs a Go system (e.g. t4_lysozyme_go)")

@@ -5,8 +5,10 @@ Same interface as :class:`molscore.nn.gnn.EquivariantGNN`: ``net(x : (B, N, 3), 
 backward through them) costs milliseconds on a CPU where tensor products cost hundreds (measured in
 ``workflows/benchmarks/network_cost.py``). Three kinds of invariant enter the messages:
 
-- pair distances r_ij of every pair (a full graph; pairs beyond ``cutoff`` contribute exactly zero through the
-  smooth envelope of :class:`~molscore.nn.radial.RadialEmbedding`, so it acts as a radius graph);
+- pair distances r_ij: of every pair (``graph="full"``, node-major and fastest for small molecules; pairs beyond
+  ``cutoff`` contribute exactly zero through the smooth envelope of :class:`~molscore.nn.radial.RadialEmbedding`)
+  or of the pairs closer than ``cutoff`` only (``graph="radius"``, rebuilt per batch: cost linear in the number of
+  beads, for proteins; the same energy as the full graph with the same weights);
 - bond angles: cos(theta) of every pair of bonds i-j, j-k;
 - torsions: for every bonded quartet i-j-k-l with bond vectors b1, b2, b3, the complex number
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from molscore.nn.embedding import TimeEmbedding
+from molscore.nn.graph import radius_graph
 from molscore.nn.radial import RadialEmbedding
 from molscore.topology import bond_angles, proper_dihedrals
 
@@ -126,6 +129,7 @@ class BondGraphNet(nn.Module):
     n_layers : message-passing layers
     n_radial : Gaussians of the distance basis
     cutoff : distance beyond which pairs do not interact, input units (diffusion coordinates: nm / scale)
+    graph : "full" (every pair, node-major layout) or "radius" (pairs closer than ``cutoff``, flat layout)
     harmonics : powers of z in the torsion features
     time_embedding_dim : width of the diffusion-time embedding
     sigma_floor : noise level below which the time features stop changing
@@ -144,6 +148,7 @@ class BondGraphNet(nn.Module):
         n_layers: int = 2,
         n_radial: int = 16,
         cutoff: float = 8.0,
+        graph: str = "full",
         harmonics: int = 3,
         time_embedding_dim: int = 16,
         sigma_floor: float = 0.1,
@@ -151,6 +156,9 @@ class BondGraphNet(nn.Module):
         super().__init__()
         if dim != 3:
             raise ValueError(f"the bond-graph network works in 3-D space, got dim={dim}; use network 'mlp'")
+        if graph not in ("full", "radius"):
+            raise ValueError(f"graph must be 'full' or 'radius', got {graph!r}")
+        self.graph_kind = graph
         if output != "energy":
             raise ValueError(f"the bond-graph network has an energy output only, got output={output!r}; use "
                              "parameterisation 'energy' or network 'gnn' for a direct score")  # fmt: skip
@@ -189,6 +197,8 @@ class BondGraphNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``x : (B, N, 3)`` diffusion coordinates, ``t : (B,)`` -> energies ``(B,)`` in kT."""
+        if self.graph_kind == "radius":
+            return self._forward_radius(x, t)
         x, t = self.graph.node_major(x, t)
         t_emb = self.time_embedding(t)
         h = self.type_embedding(self.types)[:, None].expand(-1, len(t), -1)  # (N, B, hidden)
@@ -196,6 +206,33 @@ class BondGraphNet(nn.Module):
         for layer, w in zip(self.layers, self.filters(x), strict=True):
             h = layer(h, t_emb, w, g.pairs, g.triples, g.quartets)
         return self.readout(h).sum(dim=(0, 2))
+
+    def _forward_radius(self, x: Tensor, t: Tensor) -> Tensor:
+        """The same network on a radius graph: nodes flattened to ``B N`` (node ``b N + i``), pairs i < j of each
+        frame closer than the cutoff, and the bond graph's angles and quartets repeated per frame."""
+        g = self.graph
+        _, t = g.node_major(x, t)  # checks the shape
+        n_frames, n = x.shape[:2]
+        pos = x.reshape(-1, 3)
+        edges = radius_graph(x, self.radial.cutoff)
+        pairs = edges[:, edges[0] < edges[1]].T  # (E, 2): each pair once, messages go both ways
+        offsets = torch.arange(n_frames, device=x.device) * n
+        triples = (g.triples[None] + offsets[:, None, None]).reshape(-1, 3)
+        quartets = (g.quartets[None] + offsets[:, None, None]).reshape(-1, 4)
+        basis, envelope = self.radial(_norm(pos[pairs[:, 1]] - pos[pairs[:, 0]]))
+        angle = torch.exp(-(((angle_cosines(pos, triples)[..., None] - self.angle_centres) / 0.25) ** 2))
+        k = len(self.layers)
+        filters = zip(
+            self.pair_filters(basis).mul(envelope[..., None]).chunk(k, dim=-1),
+            self.angle_filters(angle).chunk(k, dim=-1),
+            self.torsion_filters(torsion_features(pos, quartets, g.harmonics)).chunk(k, dim=-1),
+            strict=True,
+        )
+        t_emb = self.time_embedding(t).repeat_interleave(n, dim=0)  # (B N, time_dim)
+        h = self.type_embedding(self.types).repeat(n_frames, 1)  # (B N, hidden)
+        for layer, w in zip(self.layers, filters, strict=True):
+            h = layer(h, t_emb, w, pairs, triples, quartets)
+        return self.readout(h).reshape(n_frames, n).sum(dim=1)
 
 
 class _Layer(nn.Module):
@@ -209,7 +246,8 @@ class _Layer(nn.Module):
         self.update = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, h, t_emb, w, pairs, triples, quartets):
-        """Node-major ``h : (N, B, hidden)``, filters ``w`` of :meth:`BondGraphNet.filters` -> ``(N, B, hidden)``."""
+        """Node-major ``h : (N, B, hidden)``, filters ``w`` of :meth:`BondGraphNet.filters` -> ``(N, B, hidden)``;
+        or the flat layout of the radius graph: ``h : (B N, hidden)``, ``t_emb`` per node, filters per edge."""
         h_t = h + self.time(t_emb)
         s = self.source(nn.functional.silu(h_t))
         w_pair, w_angle, w_torsion = w
