@@ -49,3 +49,12 @@ def proper_dihedrals(bonds, n_particles: int) -> Tensor:
         if i != m
     ]
     return torch.tensor(quads, dtype=torch.long).reshape(-1, 4)
+
+
+def branch_centres(bonds, n_particles: int) -> Tensor:
+    """``(C, 4)`` rows (c, a, b, d): every bead c with three or more bonded neighbours and the first three of
+    them by index. The signed volume of the bonds c-a, c-b, c-d tells a stereocentre (C-alpha with its C-beta) from
+    its mirror image and measures how planar an sp2 centre is."""
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
+    rows = [(c, *sorted(neighbours[c])[:3]) for c in range(n_particles) if len(neighbours[c]) >= 3]
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)

@@ -75,6 +75,8 @@ def test_valine_runs_through_the_pipeline_without_code_changes(valine_md, tmp_pa
     assert all(np.isclose(train, frames[0, r]).all(axis=(1, 2)).any() for r in (2, 3))
     by_start = molecular["sim"]["phi_positive_by_start"]
     assert set(by_start) == {"state:beta", "data"} and all(0 <= g["p"] <= 1 for g in by_start.values())
+    assert "CA" in molecular["md"]["stereocentres"]  # C-alpha keeps its handedness in MD
+    assert all(0 <= molecular[k]["mirrored_fraction"] <= 1 for k in ("iid", "sim"))
     replicas = sorted((run / "simulation" / "dcd").glob("replica_*.dcd"))
     assert len(replicas) == 4
     np.testing.assert_allclose(mdtraj.load(str(replicas[2]), top=beads).xyz, frames[:, 2], atol=1e-5)

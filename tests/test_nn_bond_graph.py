@@ -191,3 +191,17 @@ def test_radius_graph_gives_the_full_graph_energy_and_forces_with_linear_pairs()
     assert (radius(x @ MIRROR, t) - e_radius).abs().max() > MARGIN
     with pytest.raises(ValueError, match="graph must be 'full' or 'radius'"):
         BondGraphNet(n, bonds=bonds, graph="knn")
+
+
+def test_signed_volumes_see_a_stereocentre_and_its_mirror_image():
+    from molscore.nn.bond_graph import signed_volumes
+    from molscore.topology import branch_centres
+
+    centres = branch_centres([[0, 1], [0, 2], [0, 3], [0, 4], [4, 5]], 6)  # bead 0: four neighbours; bead 4: two
+    assert centres.tolist() == [[0, 1, 2, 3]]
+    tetra = torch.tensor([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1], [-2, -2, 2]], dtype=DTYPE)
+    planar = tetra.clone()
+    planar[1:4, 2] = 0.0  # beads 1-3 in the plane of the centre
+    x = torch.stack([tetra, tetra @ MIRROR, planar], dim=1)  # node-major (N, B, 3)
+    v = signed_volumes(x, centres)[0]
+    assert v[0] == pytest.approx(-v[1]) and abs(v[0]) > 0.5 and v[2] == pytest.approx(0.0, abs=1e-12)

@@ -263,6 +263,7 @@ def table_row(name: str, metrics: dict, summary: dict, seed: int = 0) -> dict:
         "phi>0 iid": phi("iid"),
         "phi>0 sim": phi("sim"),
         "phi>0 sim (data starts)": format_with_error(by_start["data"]["p"], by_start["data"]["err"]) if by_start else "",
+        "mirrored iid": mol.get("iid", {}).get("mirrored_fraction"),
         "bond W1 iid (nm)": mol.get("iid", {}).get("bond_w1_mean_nm"),
         "bond W1 sim (nm)": mol.get("sim", {}).get("bond_w1_mean_nm"),
         "sim ps per replica": metrics.get("sim_status", {}).get("t_ps"),

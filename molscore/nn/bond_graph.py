@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from molscore.nn.embedding import TimeEmbedding
 from molscore.nn.graph import radius_graph
 from molscore.nn.radial import RadialEmbedding
-from molscore.topology import bond_angles, proper_dihedrals
+from molscore.topology import bond_angles, branch_centres, proper_dihedrals
 
 EPS = 1e-12
 
@@ -71,6 +71,15 @@ def torsion_features(x: Tensor, quartets: Tensor, harmonics: int = 3) -> Tensor:
     return torch.stack(out, dim=-1)
 
 
+def signed_volumes(x: Tensor, centres: Tensor) -> Tensor:
+    """u_a . (u_b x u_d) of the unit bond vectors from each branch centre c to its neighbours a, b, d, ``(C, B)``;
+    ``x : (N, B, 3)`` (node-major), ``centres : (C, 4)`` rows (c, a, b, d). In [-1, 1], zero for a planar centre,
+    and it changes sign under a reflection: the chirality of a stereocentre."""
+    c, a, b, d = centres.unbind(-1)
+    u, v, w = x[a] - x[c], x[b] - x[c], x[d] - x[c]
+    return (u * torch.linalg.cross(v, w, dim=-1)).sum(-1) / (_norm(u) * _norm(v) * _norm(w))
+
+
 def angle_cosines(x: Tensor, triples: Tensor) -> Tensor:
     """cos of the angle at j of every triple (i, j, k), ``(A, B)``; ``x : (N, B, 3)`` (node-major)."""
     i, j, k = triples.unbind(-1)
@@ -91,6 +100,7 @@ class BondGraphInvariants(nn.Module):
         self.register_buffer("pairs", pairs, persistent=False)
         self.register_buffer("triples", bond_angles(bonds, n_particles), persistent=False)
         self.register_buffer("quartets", proper_dihedrals(bonds, n_particles), persistent=False)
+        self.register_buffer("centres", branch_centres(bonds, n_particles), persistent=False)
 
     def node_major(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         """Checked ``x : (B, N, 3)`` as node-major ``(N, B, 3)`` (gathers and scatters over beads then move
@@ -108,6 +118,10 @@ class BondGraphInvariants(nn.Module):
     def cosines(self, x: Tensor) -> Tensor:
         """Bond-angle cosines ``(A, B)`` of node-major ``x``."""
         return angle_cosines(x, self.triples)
+
+    def volumes(self, x: Tensor) -> Tensor:
+        """Signed volumes ``(C, B)`` at the branch centres of node-major ``x`` (:func:`signed_volumes`)."""
+        return signed_volumes(x, self.centres)
 
     def torsions(self, x: Tensor) -> Tensor:
         """Torsion features ``(Q, B, 2 harmonics)`` of node-major ``x`` (:func:`torsion_features`)."""
@@ -264,8 +278,10 @@ class _Layer(nn.Module):
 
 
 class BondGraphMLP(nn.Module):
-    """The invariants of :class:`BondGraphNet` (all pair distances, bond-angle cosines, torsion powers z^m),
-    concatenated per frame and fed with the time embedding through an MLP: ``(B, N, 3), (B,) -> (B,)``.
+    """The invariants of :class:`BondGraphNet` (all pair distances, bond-angle cosines, torsion powers z^m) and
+    the signed volume at every branch centre (:func:`signed_volumes`: the chirality of a C-alpha with its
+    C-beta, which torsions carry only through differences), concatenated per frame and fed with the time
+    embedding through an MLP: ``(B, N, 3), (B,) -> (B,)``.
 
     Chiral, rotation and translation invariant, but each invariant has its own input slot, so beads are not
     exchangeable; the cheapest choice for a small molecule with a fixed bead order (a training step at batch
@@ -291,7 +307,7 @@ class BondGraphMLP(nn.Module):
                              "parameterisation 'energy', or network 'gnn' for a direct score")  # fmt: skip
         self.graph = g = BondGraphInvariants(n_particles, bonds, harmonics)
         self.time_embedding = TimeEmbedding(time_embedding_dim, sigma_floor=sigma_floor)
-        width = len(g.pairs) + len(g.triples) + 2 * harmonics * len(g.quartets) + time_embedding_dim
+        width = len(g.pairs) + len(g.triples) + 2 * harmonics * len(g.quartets) + len(g.centres) + time_embedding_dim
         layers: list[nn.Module] = []
         for w in hidden:
             layers += [nn.Linear(width, w), nn.SiLU()]
@@ -302,5 +318,6 @@ class BondGraphMLP(nn.Module):
         """``x : (B, N, 3)`` diffusion coordinates, ``t : (B,)`` -> energies ``(B,)`` in kT."""
         x, t = self.graph.node_major(x, t)
         g = self.graph
-        features = [g.distances(x).T, g.cosines(x).T, g.torsions(x).permute(1, 0, 2).flatten(1), self.time_embedding(t)]
+        torsions = g.torsions(x).permute(1, 0, 2).flatten(1)
+        features = [g.distances(x).T, g.cosines(x).T, torsions, g.volumes(x).T, self.time_embedding(t)]
         return self.mlp(torch.cat(features, dim=-1))[:, 0]

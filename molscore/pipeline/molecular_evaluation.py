@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
+import torch
 
 from molscore.analysis.autocorrelation import tau_with_window
 from molscore.analysis.collective_variables import compute_cvs
@@ -86,6 +87,31 @@ def reference_energy_comparison(system: System, samples: np.ndarray, md: np.ndar
 
 def _by_replica(values: np.ndarray, replica: np.ndarray) -> list[np.ndarray]:
     return [values[replica == r] for r in np.unique(replica)]
+
+
+def stereocentres(training: np.ndarray, bonds) -> tuple[np.ndarray, np.ndarray]:
+    """The branch centres (:func:`~molscore.topology.branch_centres`) whose signed volume keeps one sign in at
+    least 99% of the training frames ``(M, N, 3)``: rows ``(S, 4)`` and that sign ``(S,)``."""
+    from molscore.nn.bond_graph import signed_volumes
+    from molscore.topology import branch_centres
+
+    centres = branch_centres([[int(i), int(j)] for i, j in bonds], training.shape[1]) if len(bonds) else None
+    if centres is None or not len(centres):
+        return np.zeros((0, 4), dtype=int), np.zeros(0)
+    mean_sign = np.sign(signed_volumes(torch.as_tensor(training).transpose(0, 1), centres).numpy()).mean(axis=1)
+    keep = np.abs(mean_sign) >= 0.98
+    return centres.numpy()[keep], np.sign(mean_sign[keep])
+
+
+def mirrored_fraction(frames: np.ndarray, centres: np.ndarray, signs: np.ndarray) -> float | None:
+    """Fraction of ``frames (M, N, 3)`` with at least one stereocentre of the opposite handedness (None without
+    stereocentres): diffusion samples that chose the mirror image at large t cannot undo it at small t."""
+    from molscore.nn.bond_graph import signed_volumes
+
+    if not len(centres):
+        return None
+    v = signed_volumes(torch.as_tensor(frames).transpose(0, 1), torch.as_tensor(centres)).numpy()  # (S, M)
+    return float((np.sign(v) != signs[:, None]).any(axis=0).mean())
 
 
 def molecular_metrics(
@@ -162,9 +188,13 @@ def molecular_metrics(
             entry["bond_w1_mean_nm"] = float(np.mean(w1))
         return entry
 
+    centres, signs = stereocentres(training, bonds) if training is not None else (np.zeros((0, 4)), np.zeros(0))
+    if len(centres):
+        out["md"]["stereocentres"] = [topology.atom(int(c)).name for c in centres[:, 0]]
     if samples is not None:
         iid = cvs(samples)
         out["iid"] = compare(samples, basin_population(iid[:, 0]), len(samples))
+        out["iid"]["mirrored_fraction"] = mirrored_fraction(samples, centres, signs)
         if training is not None:
             out["iid"]["floor_training"] = training_draw_floor(cvs(training), ref, len(samples), bins, hist_range, n_draws)
         if topology.n_atoms == system.n_particles:  # all atoms: score the samples with the reference force field
@@ -183,6 +213,7 @@ def molecular_metrics(
         entry["n_effective_own_tau"] = n_frames * n_replicas / tau_sim
         lengths = bond_lengths(flat, bonds) if len(bonds) else np.zeros((1, 1))
         entry |= {"tau_frames": tau_sim, "tau_converged": sim_converged, "finite": bool(np.isfinite(simulation).all())}
+        entry["mirrored_fraction"] = mirrored_fraction(flat, centres, signs)
         entry["bond_range_nm"] = [float(lengths.min()), float(lengths.max())]
         out["sim"] = entry
         profiles["simulation"] = free_energy_profile(sim[..., 0].ravel(), bins)
