@@ -230,3 +230,22 @@ def test_first_replica_reproduces_the_same_replicas_elsewhere(alanine, tmp_path)
         assert np.array_equal(xyz, whole[r])  # replica r depends only on (seed, r), not on who ran it
     with pytest.raises(ValueError, match="first_replica"):
         generate_md(alanine, tmp_path / "bad", processes=1, first_replica=3, **{**TINY, "replicas": 3})
+
+
+def test_hydrogen_mass_repartitioning_moves_mass_from_heavy_atoms():
+    from molscore.interfaces.openmm_md import openmm_system
+    from molscore.system import load_system
+
+    system = load_system("alanine_dipeptide")
+    plain, topology, _ = openmm_system(system)
+    system.md["hydrogen_mass"] = 4.0
+    heavy, _, _ = openmm_system(system)
+    masses = [
+        [s.getParticleMass(i).value_in_unit(openmm.unit.amu) for i in range(s.getNumParticles())] for s in (plain, heavy)
+    ]
+    hydrogens = [a.index for a in topology.atoms() if a.element.symbol == "H"]
+    assert all(masses[1][i] == pytest.approx(4.0) for i in hydrogens)
+    assert sum(masses[1]) == pytest.approx(sum(masses[0]))  # repartitioned, not added
+    system.md["hydrogen_mass"] = 12.0
+    with pytest.raises(ValueError, match="hydrogen_mass"):
+        openmm_system(system)

@@ -13,7 +13,8 @@ Langevin replicas with the learned forces, and a control simulation with the exa
 integrator. Each ensemble is compared with the test replicas (:mod:`molscore.proteins.evaluation`) beside two
 floors: N random training frames ("iid floor") and the validation MD replicas ("MD floor"). Writes
 ``<out>/table.md``, ``<out>/metrics.json``, ``<out>/tica.png``, ``<out>/contact_maps.png`` and
-``<out>/free_energy_q.png``; every stage resumes.
+``<out>/free_energy_q.png``; every stage resumes. An all-atom protein system (OpenMM force field in ``md``) runs the
+same way on its C-alpha beads, with Q over its structure's native contacts and without the exact-energy rows.
 
     python workflows/protein.py                             # 16 x 20 ns of Go MD, 30 min training
     python workflows/protein.py --quick                     # minutes: 8 x 1 ns, 2 min training (not converged)
@@ -53,7 +54,7 @@ MIN_EVENTS = 20  # folding and unfolding transitions per split for a converged r
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--system", default="t4_lysozyme_go", help="Go system: folder under systems/ or a path")
+    parser.add_argument("--system", default="t4_lysozyme_go", help="Go or all-atom protein system (folder or path)")
     parser.add_argument("--md", type=Path, default=None, help="MD folder (default: <out>/md, generated here)")
     parser.add_argument("--quick", action="store_true", help="minutes: short MD, training and simulation")
     parser.add_argument("--md-replicas", type=int, default=None, help="MD replicas (default 16; quick 8)")
@@ -157,6 +158,17 @@ def simulated(run_dir: Path, burn_in: float = 0.1) -> tuple[list[np.ndarray] | N
     return [pos[int(burn_in * len(pos)) :, r].astype(np.float64) for r in range(pos.shape[1])], ended
 
 
+def native_contacts_of(system):
+    """For an all-atom protein system: a Go model of its structure's residues that have a C-alpha, used only for
+    its native contacts and C-alpha native (Q and RMSD); its energy plays no part."""
+    from molscore.proteins.go_model import GoModel
+
+    residues = [r for r in system.topology.chain(0).residues if any(a.name == "CA" for a in r.atoms)]
+    protein = [r for r in system.topology.chain(0).residues if r.is_protein]
+    first = protein.index(residues[0])
+    return GoModel.from_structure(system.structure, 1.0, slice(first, first + len(residues)))
+
+
 def go_forces(go):
     def forces(pos: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
@@ -167,7 +179,7 @@ def go_forces(go):
     return forces
 
 
-def evaluate(args, system, go, model_dir: Path, control_dir: Path) -> dict:
+def evaluate(args, system, go, model_dir: Path, control_dir: Path | None) -> dict:
     train, validation, test = (split(model_dir, s) for s in ("train", "validation", "test"))
     frame_ps = float(system.md["frame_interval"])
     lag = max(1, round(args.tica_lag_ps / frame_ps))
@@ -186,31 +198,34 @@ def evaluate(args, system, go, model_dir: Path, control_dir: Path) -> dict:
         "MD training split": (train, frame_ps),
         "diffusion samples (energy + FP)": (samples, None),
     }
-    simulations = {"simulation, learned forces": simulated(model_dir), "simulation, exact Go forces (control)":
-                   simulated(control_dir)}  # fmt: skip
+    simulations = {"simulation, learned forces": simulated(model_dir)}
+    if control_dir is not None:
+        simulations["simulation, exact Go forces (control)"] = simulated(control_dir)
     rows |= {name: (reps, frame_ps) for name, (reps, _) in simulations.items() if reps is not None}
     result = {name: ensemble_metrics(reps, test, go, tica, q_barrier, ps) for name, (reps, ps) in rows.items()}
     result["MD test split"] = ensemble_metrics(test, test, go, tica, q_barrier, frame_ps)
-    from molscore.models import DiffusionModel
-
-    model = DiffusionModel.load(model_dir / "model.safetensors", dtype=torch.float64)
-    pooled_test = np.concatenate(test)
-    probe = pooled_test[rng.choice(len(pooled_test), min(512, len(pooled_test)), replace=False)]
-    pos = torch.as_tensor(probe)
-    with torch.no_grad():
-        learned_energy = model.energy(pos).numpy()
-    learned_forces = model.forces(pos).detach().numpy()
     learned_sim = simulations["simulation, learned forces"][0]
     figures(args.out, train, test, samples, learned_sim if learned_sim is not None else samples, tica, go, q_barrier)
-    return {
+    out = {
         "rows": result,
         "simulations": {name: ended for name, (_, ended) in simulations.items()},
-        "probe_frames": len(probe),
         "q_barrier": q_barrier,
         "bimodal": bimodal,
         "tica_lag_ps": lag * frame_ps,
-        "energy": energy_agreement(learned_energy, learned_forces, go, probe),
     }
+    if control_dir is not None:  # a Go system: the exact energy of the beads to compare the learned one with
+        from molscore.models import DiffusionModel
+
+        model = DiffusionModel.load(model_dir / "model.safetensors", dtype=torch.float64)
+        pooled_test = np.concatenate(test)
+        probe = pooled_test[rng.choice(len(pooled_test), min(512, len(pooled_test)), replace=False)]
+        pos = torch.as_tensor(probe)
+        with torch.no_grad():
+            learned_energy = model.energy(pos).numpy()
+        learned_forces = model.forces(pos).detach().numpy()
+        out["probe_frames"] = len(probe)
+        out["energy"] = energy_agreement(learned_energy, learned_forces, go, probe)
+    return out
 
 
 def table(result: dict, info: dict) -> str:
@@ -246,7 +261,7 @@ def table(result: dict, info: dict) -> str:
         min(result["rows"][s]["rates"]["folding_events"], result["rows"][s]["rates"]["unfolding_events"]) >= MIN_EVENTS
         for s in ("MD training split", "MD test split")
     )
-    e = result["energy"]
+    e = result.get("energy")
     notes = [
         f"Reference MD {'converged' if converged else 'NOT converged'}: the criterion is >= {MIN_EVENTS} folding and "
         f"{MIN_EVENTS} unfolding events in each of the training and test splits (table: events).",
@@ -258,9 +273,14 @@ def table(result: dict, info: dict) -> str:
         )  # fmt: skip
         + f"TICA lag {result['tica_lag_ps']:g} ps.",
         "Simulations: " + "; ".join(f"{name}: {ended}" for name, ended in result["simulations"].items()) + ".",
-        f"Learned energy against E_Go on {result['probe_frames']} test frames: "
-        f"RMSE {e['energy_rmse_kJ_per_mol']:.2f} kJ/mol up to a constant "
-        f"(E_Go sd {e['energy_sd_go_kJ_per_mol']:.2f}), force correlation {e['force_correlation']:.3f}.",
+        (
+            f"Learned energy against E_Go on {result['probe_frames']} test frames: "
+            f"RMSE {e['energy_rmse_kJ_per_mol']:.2f} kJ/mol up to a constant "
+            f"(E_Go sd {e['energy_sd_go_kJ_per_mol']:.2f}), force correlation {e['force_correlation']:.3f}."
+            if e
+            else "All-atom MD coarse-grained to C-alpha beads: no exact bead energy, so no energy comparison and no "
+            "control row; Q counts the structure's native contacts (heavy atoms within 0.45 nm, |i - j| >= 4)."
+        ),
         f"Training {info['train_steps']} steps in {info['train_seconds']:.0f} s; MD {info['md']}.",
     ]
     return text + "\n" + "\n\n".join(notes) + "\n"
@@ -335,9 +355,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     configure_cpu(args.threads)
     system = load_system(args.system)
-    if "go_model" not in system.md:
-        raise ValueError(f"system {system.name!r} has no md.go_model; this workflow needs a Go system (e.g. t4_lysozyme_go)")
-    go = go_model(system)
+    exact = "go_model" in system.md  # a Go system: its MD energy is the beads' exact energy
+    go = go_model(system) if exact else native_contacts_of(system)
     args.out.mkdir(parents=True, exist_ok=True)
     md = args.md or args.out / "md"
     if args.md is None:  # resumable; a finished run is skipped
@@ -368,12 +387,13 @@ def main(argv=None) -> dict:
     if not (model_dir / "samples_sde.npy").exists():  # resumed runs keep their samples
         stages.sample(cfg)
     stages.simulate(cfg)
-    link_data(model_dir / "data", control_dir)
-    control = load_run_config({**spec, "run_dir": str(control_dir)})
-    stages.simulate(control, force_fn=go_forces(go))
+    if exact:
+        link_data(model_dir / "data", control_dir)
+        control = load_run_config({**spec, "run_dir": str(control_dir)})
+        stages.simulate(control, force_fn=go_forces(go))
     summary_file = model_dir / "train" / "summary.yaml"
     summary = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {}
-    result = evaluate(args, system, go, model_dir, control_dir)
+    result = evaluate(args, system, go, model_dir, control_dir if exact else None)
     info = {
         "out": args.out,
         "train_steps": summary.get("steps"),

@@ -42,7 +42,7 @@ CONSTRAINTS = {None: None, "none": None, "HBonds": app.HBonds, "AllBonds": app.A
 # a restart may grow replicas and length and change platform; anything else changes the ensemble or the layout
 FIXED_KEYS = (
     "system", "variant", "n_atoms", "seed", "equilibration_ps", "frame_interval_ps", "timestep_ps", "friction_per_ps",
-    "temperature_K", "forcefield", "nonbonded", "constraints", "chunk_frames",
+    "temperature_K", "forcefield", "nonbonded", "constraints", "hydrogen_mass", "chunk_frames",
 )  # fmt: skip
 
 
@@ -53,7 +53,8 @@ def openmm_system(system: "System") -> tuple[openmm.System, app.Topology, unit.Q
     ----------
     system : a molecule loaded with :func:`molscore.system.load_system`; ``system.md`` gives ``forcefield``
         (list of OpenMM force-field files), ``nonbonded`` (OpenMM method name; ``cutoff`` nm when not NoCutoff)
-        and ``constraints`` (null, "HBonds", "AllBonds" or "HAngles").
+        and ``constraints`` (null, "HBonds", "AllBonds" or "HAngles"); optional ``hydrogen_mass`` (amu:
+        hydrogen mass repartitioning, e.g. 4 with HBonds for a 4-fs step; the heavy atoms give up the mass)
 
     Returns
     -------
@@ -80,6 +81,12 @@ def openmm_system(system: "System") -> tuple[openmm.System, app.Topology, unit.Q
     except (ValueError, OSError) as err:
         raise ValueError(f"system {system.name!r}: cannot load force field {md['forcefield']}: {err}") from err
     options = {"nonbondedMethod": getattr(app, name), "constraints": CONSTRAINTS[constraints]}
+    if md.get("hydrogen_mass") is not None:
+        mass = float(md["hydrogen_mass"])
+        if not 1.0 <= mass <= 5.0:
+            raise ValueError(f"system {system.name!r}: md.hydrogen_mass {mass} amu is outside [1, 5]; 4 with "
+                             "constraints: HBonds is the usual choice for a 4-fs step")  # fmt: skip
+        options["hydrogenMass"] = mass * unit.amu
     if name != "NoCutoff":
         options["nonbondedCutoff"] = float(md.get("cutoff", 1.0)) * unit.nanometer
     return forcefield.createSystem(pdb.topology, **options), pdb.topology, pdb.positions
@@ -234,7 +241,8 @@ def generate_md(
         "frame_interval_ps": interval, "timestep_ps": dt, "friction_per_ps": float(md["friction"]),
         "temperature_K": float(system.temperature), "forcefield": _force_field_label(md),
         "nonbonded": md.get("nonbonded", "NoCutoff"), "constraints": md.get("constraints"),
-        "chunk_frames": int(chunk_frames), "platform": platform, "molscore_version": __version__,
+        "hydrogen_mass": md.get("hydrogen_mass"), "chunk_frames": int(chunk_frames), "platform": platform,
+        "molscore_version": __version__,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(out_dir, "MD folder"):  # one generator per folder; workers die with their parent
