@@ -58,3 +58,22 @@ def branch_centres(bonds, n_particles: int) -> Tensor:
     neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
     rows = [(c, *sorted(neighbours[c])[:3]) for c in range(n_particles) if len(neighbours[c]) >= 3]
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
+
+
+SKELETON_ALL_BEADS = 12
+"""Molecules up to this many beads use every bead triple in :func:`chirality_triples`."""
+
+
+def chirality_triples(bonds, n_particles: int, all_beads_up_to: int = SKELETON_ALL_BEADS) -> Tensor:
+    """Bead triples ``(T, 3)`` (i < j < k) whose signed volume about the centroid measures the handedness of the
+    molecule's overall shape: every triple for up to ``all_beads_up_to`` beads, otherwise the triples of the
+    skeleton (beads with two or more bonds, which leaves out hydrogens and carbonyl oxygens). 120 triples for
+    heavy-atom alanine dipeptide, 56 for all atoms."""
+    neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
+    beads = (
+        list(range(n_particles))
+        if n_particles <= all_beads_up_to
+        else [i for i in range(n_particles) if len(neighbours[i]) >= 2]
+    )
+    rows = [(a, b, c) for ia, a in enumerate(beads) for ib, b in enumerate(beads[ia + 1 :], ia + 1) for c in beads[ib + 1 :]]
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)

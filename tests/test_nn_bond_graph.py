@@ -205,3 +205,51 @@ def test_signed_volumes_see_a_stereocentre_and_its_mirror_image():
     x = torch.stack([tetra, tetra @ MIRROR, planar], dim=1)  # node-major (N, B, 3)
     v = signed_volumes(x, centres)[0]
     assert v[0] == pytest.approx(-v[1]) and abs(v[0]) > 0.5 and v[2] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_shape_volumes_flip_under_a_mirror_and_stay_bounded_and_smooth():
+    """The shape chirality of the bond-graph MLP: signed volumes of bead triples about the centroid change sign
+    under a reflection, keep their value under rotations and translations, lie in [-1, 1] even for the noise-sized
+    inputs of t = 1 and beyond, and have finite gradients where beads coincide with the centroid."""
+    from molscore.nn.bond_graph import shape_volumes
+    from molscore.topology import chirality_triples
+
+    triples = chirality_triples(BRANCHED, 6)
+    assert len(triples) == 20  # every triple of six beads
+    x, _ = frames(n=5)
+    x = x.transpose(0, 1)  # node-major
+    v = shape_volumes(x, triples)
+    rotation = o3.rand_matrix(dtype=DTYPE)
+    torch.testing.assert_close(shape_volumes(x @ rotation.T + 3.0, triples), v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(shape_volumes(x @ MIRROR, triples), -v, rtol=0, atol=1e-12)
+    assert v.abs().max() > 0.05
+    big = 30 * torch.randn(6, 4, 3, dtype=DTYPE)
+    assert shape_volumes(big, triples).abs().max() <= 1
+    zero = torch.zeros(6, 1, 3, dtype=DTYPE, requires_grad=True)
+    (grad,) = torch.autograd.grad(shape_volumes(zero, triples).sum(), zero)
+    assert torch.isfinite(grad).all()
+
+
+def test_chirality_triples_use_the_skeleton_of_larger_molecules():
+    """Up to 12 beads every triple; beyond, the triples of beads with two or more bonds (hydrogens and carbonyl
+    oxygens left out): 56 for the 8-bead skeleton of all-atom alanine dipeptide."""
+    from molscore.topology import chirality_triples
+
+    chain = [[i, i + 1] for i in range(13)]  # 14 beads, 12 of them inner
+    triples = chirality_triples(chain, 14)
+    assert len(triples) == math.comb(12, 3) and not set(triples.flatten().tolist()) & {0, 13}
+    assert len(chirality_triples(CHAIN, 5)) == math.comb(5, 3)
+
+
+def test_bond_graph_mlp_without_shape_volumes_has_the_older_inputs():
+    """shape_chirality=False builds the network of models saved before the shape volumes (one input per triple
+    fewer), and loading weights of the other kind names the way out."""
+    from molscore.models.spec import load_weights
+
+    new, old = (
+        BondGraphMLP(6, bonds=BRANCHED, hidden=(8,)),
+        BondGraphMLP(6, bonds=BRANCHED, hidden=(8,), shape_chirality=False),
+    )
+    assert new.mlp[0].in_features - old.mlp[0].in_features == 20
+    with pytest.raises(ValueError, match="shape_chirality: false"):
+        load_weights(new, old.state_dict(), "model.safetensors")

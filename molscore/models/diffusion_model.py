@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from molscore.diffusion.sde import VPSDE
 from molscore.files import CorruptFileError, atomic_write
 from molscore.geometry import remove_centroid
-from molscore.models.spec import ModelSpec, build_score_model
+from molscore.models.spec import ModelSpec, build_score_model, load_weights
 
 
 class DiffusionModel(nn.Module):
@@ -154,6 +154,6 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"{path} is not a molscore model file (metadata format {meta.get('format')!r})")
         spec = ModelSpec(**json.loads(meta["spec"]))
         score_model = build_score_model(spec, dtype)
-        score_model.load_state_dict(state)
+        load_weights(score_model, state, str(path))
         model = cls(spec, score_model, VPSDE(**json.loads(meta["sde"])), float(meta["scale"]), float(meta["kT"]))
         return model.to(device=device, dtype=dtype)

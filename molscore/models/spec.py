@@ -116,3 +116,17 @@ def _build(spec: ModelSpec) -> nn.Module:
     experts = [_single(spec, spec.parameterisation)]
     experts += [_single(spec, upper) for _ in spec.mixture_boundaries]
     return MixtureOfExperts(experts, spec.mixture_boundaries)
+
+
+def load_weights(score_model: nn.Module, state: dict, source: str) -> None:
+    """``score_model.load_state_dict(state)`` with an error that names ``source`` and the way out when the weights
+    were written by another version of the network (the same spec, but e.g. a network that gained inputs)."""
+    try:
+        score_model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(
+            f"{source} holds weights of a different network than this molscore builds from the same spec ({first}); "
+            "it was written by an older version: train again in a fresh folder (or delete the old run folder), or, "
+            "for a bond-graph MLP saved before the shape volumes, add shape_chirality: false to network_options"
+        ) from err

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from molscore.nn.embedding import TimeEmbedding
 from molscore.nn.graph import radius_graph
 from molscore.nn.radial import RadialEmbedding
-from molscore.topology import bond_angles, branch_centres, proper_dihedrals
+from molscore.topology import bond_angles, branch_centres, chirality_triples, proper_dihedrals
 
 EPS = 1e-12
 
@@ -80,6 +80,22 @@ def signed_volumes(x: Tensor, centres: Tensor) -> Tensor:
     return (u * torch.linalg.cross(v, w, dim=-1)).sum(-1) / (_norm(u) * _norm(v) * _norm(w))
 
 
+def shape_volumes(x: Tensor, triples: Tensor) -> Tensor:
+    """Signed volumes r_i . (r_j x r_k) / sqrt((1 + r_i^2)(1 + r_j^2)(1 + r_k^2)) of bead triples about the
+    centroid (r = x - centroid), ``(T, B)``; ``x : (N, B, 3)`` (node-major), ``triples : (T, 3)``.
+
+    The handedness of the molecule's overall shape. Bonded torsions and branch-centre volumes are built from
+    vectors one bond long, so noise of about a bond length scrambles them; these are built from vectors the size of
+    the molecule and stay informative at mid diffusion times, where the sampler decides which basin (and which
+    mirror image of it) a sample falls into. Smooth everywhere and bounded by 1 in magnitude.
+    """
+    r = x - x.mean(dim=0, keepdim=True)
+    i, j, k = triples.unbind(-1)
+    volume = (r[i] * torch.linalg.cross(r[j], r[k], dim=-1)).sum(-1)
+    size = 1 + r.pow(2).sum(-1)  # (N, B)
+    return volume / (size[i] * size[j] * size[k]).sqrt()
+
+
 def angle_cosines(x: Tensor, triples: Tensor) -> Tensor:
     """cos of the angle at j of every triple (i, j, k), ``(A, B)``; ``x : (N, B, 3)`` (node-major)."""
     i, j, k = triples.unbind(-1)
@@ -101,6 +117,7 @@ class BondGraphInvariants(nn.Module):
         self.register_buffer("triples", bond_angles(bonds, n_particles), persistent=False)
         self.register_buffer("quartets", proper_dihedrals(bonds, n_particles), persistent=False)
         self.register_buffer("centres", branch_centres(bonds, n_particles), persistent=False)
+        self.register_buffer("shape_triples", chirality_triples(bonds, n_particles), persistent=False)
 
     def node_major(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         """Checked ``x : (B, N, 3)`` as node-major ``(N, B, 3)`` (gathers and scatters over beads then move
@@ -122,6 +139,10 @@ class BondGraphInvariants(nn.Module):
     def volumes(self, x: Tensor) -> Tensor:
         """Signed volumes ``(C, B)`` at the branch centres of node-major ``x`` (:func:`signed_volumes`)."""
         return signed_volumes(x, self.centres)
+
+    def shape_volumes(self, x: Tensor) -> Tensor:
+        """Signed volumes ``(T, B)`` of the chirality triples about the centroid (:func:`shape_volumes`)."""
+        return shape_volumes(x, self.shape_triples)
 
     def torsions(self, x: Tensor) -> Tensor:
         """Torsion features ``(Q, B, 2 harmonics)`` of node-major ``x`` (:func:`torsion_features`)."""
@@ -278,15 +299,21 @@ class _Layer(nn.Module):
 
 
 class BondGraphMLP(nn.Module):
-    """The invariants of :class:`BondGraphNet` (all pair distances, bond-angle cosines, torsion powers z^m) and
+    """The invariants of :class:`BondGraphNet` (all pair distances, bond-angle cosines, torsion powers z^m),
     the signed volume at every branch centre (:func:`signed_volumes`: the chirality of a C-alpha with its
-    C-beta, which torsions carry only through differences), concatenated per frame and fed with the time
-    embedding through an MLP: ``(B, N, 3), (B,) -> (B,)``.
+    C-beta, which torsions carry only through differences) and, with ``shape_chirality``, the signed volumes of
+    bead triples about the centroid (:func:`shape_volumes`, :func:`~molscore.topology.chirality_triples`),
+    concatenated per frame and fed with the time embedding through an MLP: ``(B, N, 3), (B,) -> (B,)``.
+
+    Without the shape volumes, a heavy-atom alanine dipeptide model told a noised frame from its mirror image by
+    1.3 kT at t = 0.1 and 0.2 kT at t = 0.2, where the noised data's own densities differ by ~18 and ~4 (measured):
+    mid-t was nearly achiral, samples reached small t as a racemic mix of shapes, and 40% ended at phi > 0.
 
     Chiral, rotation and translation invariant, but each invariant has its own input slot, so beads are not
     exchangeable; the cheapest choice for a small molecule with a fixed bead order (a training step at batch
     256 costs 23 ms at 5 beads and 67 ms at 22 on one CPU thread, against 40 and 303 ms for the graph network).
-    Parameters as :class:`BondGraphNet`; ``hidden`` is a tuple of widths.
+    Parameters as :class:`BondGraphNet`; ``hidden`` is a tuple of widths; ``shape_chirality`` adds the shape
+    volumes (False gives the network of models saved before they existed).
     """
 
     def __init__(
@@ -300,6 +327,7 @@ class BondGraphMLP(nn.Module):
         harmonics: int = 3,
         time_embedding_dim: int = 16,
         sigma_floor: float = 0.1,
+        shape_chirality: bool = True,
     ):
         super().__init__()
         if dim != 3 or output != "energy":
@@ -307,7 +335,10 @@ class BondGraphMLP(nn.Module):
                              "parameterisation 'energy', or network 'gnn' for a direct score")  # fmt: skip
         self.graph = g = BondGraphInvariants(n_particles, bonds, harmonics)
         self.time_embedding = TimeEmbedding(time_embedding_dim, sigma_floor=sigma_floor)
-        width = len(g.pairs) + len(g.triples) + 2 * harmonics * len(g.quartets) + len(g.centres) + time_embedding_dim
+        self.shape_chirality = bool(shape_chirality)
+        n_shape = len(g.shape_triples) if self.shape_chirality else 0
+        width = len(g.pairs) + len(g.triples) + 2 * harmonics * len(g.quartets) + len(g.centres) + n_shape
+        width += time_embedding_dim
         layers: list[nn.Module] = []
         for w in hidden:
             layers += [nn.Linear(width, w), nn.SiLU()]
@@ -319,5 +350,8 @@ class BondGraphMLP(nn.Module):
         x, t = self.graph.node_major(x, t)
         g = self.graph
         torsions = g.torsions(x).permute(1, 0, 2).flatten(1)
-        features = [g.distances(x).T, g.cosines(x).T, torsions, g.volumes(x).T, self.time_embedding(t)]
+        features = [g.distances(x).T, g.cosines(x).T, torsions, g.volumes(x).T]
+        if self.shape_chirality:
+            features.append(g.shape_volumes(x).T)
+        features.append(self.time_embedding(t))
         return self.mlp(torch.cat(features, dim=-1))[:, 0]

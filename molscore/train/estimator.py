@@ -19,7 +19,7 @@ from molscore.diffusion.sde import VPSDE
 from molscore.geometry import remove_centroid
 from molscore.models.diffusion_model import DiffusionModel
 from molscore.models.priors import Prior
-from molscore.models.spec import ModelSpec, build_score_model
+from molscore.models.spec import ModelSpec, build_score_model, load_weights
 from molscore.train.checkpoint import load_checkpoint, save_checkpoint
 from molscore.train.ema import EMA
 from molscore.train.losses import loss_terms
@@ -442,7 +442,7 @@ class ScoreEstimator:
         self.planned_steps = int(state.get("planned_steps", self.config.steps)) + max(0, more)
         self.extra_steps = int(state.get("extra_steps", 0)) + max(0, more)
         self._stages = self._plan_stages()
-        self.score_model.load_state_dict(state["model"])
+        load_weights(self.score_model, state["model"], "the training checkpoint")
         self.ema.load_state_dict(state["ema"])
         if state["optimizer"] is not None:
             stage = self._stage(min(self.step, self.planned_steps - 1))
