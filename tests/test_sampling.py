@@ -525,3 +525,31 @@ def test_sample_config_checks_and_sample_stage_passes_the_options(tmp_path, monk
     written = np.load(stages.sample(cfg, progress=False))
     expected = sample(model, 200, "sde", 12, batch_size=64, seed=5, progress=False, **new)
     assert np.array_equal(written, expected.numpy())
+
+
+def test_denoise_keeps_data_with_the_exact_score_and_shows_where_a_wrong_one_departs(system):
+    """Partial denoising: with the exact score, data noised to any t_start comes back with the data's component
+    weights; with the score of a mixture of other weights, the output moves from the data's weights (small
+    t_start: the noise forgets nothing) to the wrong model's (t_start = 1: it forgets everything)."""
+    from molscore.sampling import denoise
+
+    mix = system.potential
+    n = 6000
+    data = mix.sample(n, generator=torch.Generator().manual_seed(5))
+    exact = exact_mixture_model(mix)
+    out = denoise(exact, data, 0.5, n_steps=300, seed=2)
+    assert out.shape == data.shape and torch.isfinite(out).all()
+    r = responsibilities(mix, out)
+    assert ((r.mean(0) - mix.weights).abs() < Z * r.std(0) / math.sqrt(n)).all(), r.mean(0)
+
+    wrong_weights = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    wrong = exact_mixture_model(GaussianMixture(wrong_weights, mix.means, mix.stds))
+    early = responsibilities(mix, denoise(wrong, data, 0.02, n_steps=300, seed=2)).mean(0)
+    late = responsibilities(mix, denoise(wrong, data, 1.0, n_steps=300, seed=2)).mean(0)
+    assert (early - mix.weights).abs().max() < 0.03, early
+    assert (late - wrong_weights).abs().max() < 0.03, late
+    assert torch.equal(denoise(wrong, data[:100], 0.3, 50, seed=4), denoise(wrong, data[:100], 0.3, 50, seed=4))
+    with pytest.raises(ValueError, match="t_start"):
+        denoise(exact, data, 0.0)
+    with pytest.raises(ValueError, match=r"pos must be \(B, 1, 2\)"):
+        denoise(exact, data[:, 0], 0.5)

@@ -56,6 +56,14 @@ def test_quick_workflow_writes_every_output_and_a_bounded_table(tmp_path, capsys
     rows = bench.main(["--run", str(out / "mixture_fp"), "--samples", "100", "--configs", "0", "7", "9"])
     assert [r["evaluations"] for r in rows] == [25, 100, 50] and all(0 <= r["iid_js"] <= np.log(2) for r in rows)
     assert (out / "mixture_fp" / "sampler_evaluations.md").is_file()
+    # the chirality diagnostic: mirror gaps and partial denoising along t, on the same folder
+    diagnostic = workflow_script("diagnostics/chirality_by_time.py")
+    rows = diagnostic.main([str(out / "energy_fp"), "--frames", "40", "--centres", "300", "--sample-steps", "20"])
+    gaps = [r for r in rows if "sigma" in r]
+    assert len(gaps) == len(diagnostic.GAP_TIMES) and all(np.isfinite(r["mirror gap model (kT)"]) for r in gaps)
+    assert gaps[0]["mirror gap data (kT)"] > gaps[-1]["mirror gap data (kT)"]  # the data's handedness fades with t
+    assert all(0 <= r["phi>0 denoised from t"] <= 1 for r in rows if "phi>0 denoised from t" in r)
+    assert (out / "energy_fp" / "diagnostics" / "chirality_by_time.png").is_file()
 
 
 def test_seeds_get_their_own_run_folders_and_a_mean_row(workflow_script):

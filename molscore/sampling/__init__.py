@@ -3,6 +3,7 @@
 from molscore.sampling.diffusion_sampler import (
     ProbabilityFlow,
     ReverseDiffusion,
+    denoise,
     langevin_corrector,
     sample,
     score_evaluations,
@@ -13,6 +14,7 @@ from molscore.sampling.likelihood import log_likelihood
 __all__ = [
     "ProbabilityFlow",
     "ReverseDiffusion",
+    "denoise",
     "langevin_corrector",
     "log_likelihood",
     "sample",
