@@ -4,6 +4,8 @@ Every function takes bead index pairs ``bonds`` (M, 2) and returns index tensors
 priors and networks built from the same bonds see the same lists.
 """
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -60,20 +62,22 @@ def branch_centres(bonds, n_particles: int) -> Tensor:
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
 
 
-SKELETON_ALL_BEADS = 12
-"""Molecules up to this many beads use every bead triple in :func:`chirality_triples`."""
+CHIRALITY_BEADS = 12
+"""At most this many beads enter :func:`chirality_triples` (C(12, 3) = 220 triples)."""
 
 
-def chirality_triples(bonds, n_particles: int, all_beads_up_to: int = SKELETON_ALL_BEADS) -> Tensor:
-    """Bead triples ``(T, 3)`` (i < j < k) whose signed volume about the centroid measures the handedness of the
-    molecule's overall shape: every triple for up to ``all_beads_up_to`` beads, otherwise the triples of the
-    skeleton (beads with two or more bonds, which leaves out hydrogens and carbonyl oxygens). 120 triples for
-    heavy-atom alanine dipeptide, 56 for all atoms."""
+def chirality_triples(bonds, n_particles: int, max_beads: int = CHIRALITY_BEADS) -> Tensor:
+    """Bead triples ``(T, 3)`` (i < j < k) whose signed volumes about the centroid measure the handedness of the
+    molecule's overall shape: every triple of up to ``max_beads`` beads. Molecules with more beads use their
+    skeleton (beads with two or more bonds, which leaves out hydrogens and carbonyl oxygens), and a skeleton
+    longer than ``max_beads`` (a protein chain) ``max_beads`` of its beads evenly spread along the bead order.
+    120 triples for heavy-atom alanine dipeptide (10 beads), 56 for all atoms (8 skeleton beads), 220 for a chain
+    of 12 or more."""
     neighbours = _bonded_neighbours(_pairs(bonds), n_particles)
-    beads = (
-        list(range(n_particles))
-        if n_particles <= all_beads_up_to
-        else [i for i in range(n_particles) if len(neighbours[i]) >= 2]
-    )
-    rows = [(a, b, c) for ia, a in enumerate(beads) for ib, b in enumerate(beads[ia + 1 :], ia + 1) for c in beads[ib + 1 :]]
+    beads = list(range(n_particles))
+    if n_particles > max_beads:
+        beads = [i for i in beads if len(neighbours[i]) >= 2]
+    if len(beads) > max_beads:
+        beads = [beads[round(k)] for k in torch.linspace(0, len(beads) - 1, max_beads).tolist()]
+    rows = list(itertools.combinations(beads, 3))
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)

@@ -232,13 +232,18 @@ def test_shape_volumes_flip_under_a_mirror_and_stay_bounded_and_smooth():
 
 def test_chirality_triples_use_the_skeleton_of_larger_molecules():
     """Up to 12 beads every triple; beyond, the triples of beads with two or more bonds (hydrogens and carbonyl
-    oxygens left out): 56 for the 8-bead skeleton of all-atom alanine dipeptide."""
+    oxygens left out): 56 for the 8-bead skeleton of all-atom alanine dipeptide; a longer skeleton (a protein
+    chain) 12 of its beads evenly spread."""
     from molscore.topology import chirality_triples
 
     chain = [[i, i + 1] for i in range(13)]  # 14 beads, 12 of them inner
     triples = chirality_triples(chain, 14)
     assert len(triples) == math.comb(12, 3) and not set(triples.flatten().tolist()) & {0, 13}
     assert len(chirality_triples(CHAIN, 5)) == math.comb(5, 3)
+    protein = chirality_triples([[i, i + 1] for i in range(47)], 48)  # a 48-bead C-alpha chain: 12 spread beads
+    beads = sorted(set(protein.flatten().tolist()))
+    assert len(protein) == math.comb(12, 3) and beads[0] == 1 and beads[-1] == 46
+    assert max(b - a for a, b in zip(beads[:-1], beads[1:], strict=True)) <= 5  # spread along the whole chain
 
 
 def test_bond_graph_mlp_without_shape_volumes_has_the_older_inputs():
